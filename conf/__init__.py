@@ -1,0 +1,1 @@
+"""Packaged configuration: defaults, the dataset registry and example experiments (YAML only)."""

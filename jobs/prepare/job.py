@@ -1,0 +1,246 @@
+"""``p4r prepare``: raw reviews (+ item metadata) into the cleaned, split corpus, on Spark.
+
+Steps: read and validate every line -> de-duplicate -> item filter -> iterative k-core ->
+leave-one-out split -> per-item LLM review samples -> items. Every input line ends up either in
+``reviews`` or in ``quarantine`` with its reason, and the manifest proves the sum.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from tqdm import tqdm
+
+import persona4rec
+from persona4rec import schemas
+from persona4rec.artifacts import Manifest, StageStore, Timer, fingerprint
+from persona4rec.config import Config
+from persona4rec.datasets import checked_inputs, resolve_files
+from persona4rec.infra.spark import conform, spark_session
+from persona4rec.jobs.prepare import clean, readers
+from persona4rec.jobs.prepare.kcore import k_core
+from persona4rec.jobs.prepare.samples import review_samples
+from persona4rec.jobs.prepare.split import leave_one_out, tie_counts
+
+STAGE = "prepare"
+VERSION = 1  # bump when the output of the same input and config changes
+TABLES = (schemas.REVIEWS, schemas.ITEMS, schemas.INTERACTIONS, schemas.REVIEW_SAMPLES, schemas.QUARANTINE)
+_STEPS = ("read", "clean", "k-core", "split", "samples", "items", "write", "validate")
+
+
+@dataclass(frozen=True)
+class PrepareResult:
+    folder: Path
+    manifest: Manifest
+    skipped: bool
+
+    def table(self, name: str) -> Path:
+        return self.folder / name
+
+
+def stage_config(cfg: Config) -> dict[str, Any]:
+    """The configuration that determines prepare's output (not where files live, not Spark tuning)."""
+    data = cfg.data.model_dump(mode="json", include={"format", "reviews", "metadata", "file_format", "columns",
+                                                     "timestamp_unit"})
+    return {"data": data, "prepare": cfg.prepare.model_dump(mode="json")}
+
+
+def run(cfg: Config, *, spark: SparkSession | None = None, force: bool = False, progress: bool = True) -> PrepareResult:
+    """Prepare the corpus, or return the existing version when inputs and config are unchanged."""
+    files = resolve_files(cfg)
+    inputs = checked_inputs(cfg, files, progress=progress)
+    scfg = stage_config(cfg)
+    fp = fingerprint(STAGE, VERSION, scfg, inputs)
+    store = StageStore(cfg.artifacts_root / STAGE)
+    if not force and (done := store.complete(fp)) is not None:
+        store.point_current(done)
+        return PrepareResult(done, Manifest.read(done), skipped=True)
+
+    spark = spark or spark_session(cfg.spark)
+    tmp = store.begin(fp)
+    manifest = Manifest(
+        stage=STAGE, fingerprint=fp, config_hash=cfg.hash(), stage_config=scfg, inputs=inputs,
+        environment={
+            "persona4rec": persona4rec.__version__, "python": platform.python_version(),
+            "spark": spark.version, "spark_master": spark.sparkContext.master, "cpu_count": str(os.cpu_count()),
+        },
+    )
+    try:
+        _build(spark, cfg, files, tmp, manifest, progress)
+        manifest.write(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        spark.catalog.clearCache()
+    folder = store.publish(tmp, fp)
+    return PrepareResult(folder, manifest, skipped=False)
+
+
+def _build(spark: SparkSession, cfg: Config, files: list, out: Path, manifest: Manifest, progress: bool) -> None:
+    timer = Timer()
+    bar = tqdm(total=len(_STEPS), desc="prepare", unit="step", disable=not progress)
+
+    def step(name: str) -> Timer:
+        bar.set_postfix_str(name)
+        return timer(name)
+
+    paths = {f.role: str(f.path) for f in files if f.path is not None}
+    counts: dict[str, Any] = {}
+
+    with step("read"):
+        rows = readers.read_reviews(spark, cfg, paths["reviews"])
+        rows = rows.withColumn("raw", F.when(F.col("reason").isNotNull(), F.col("raw"))).persist()
+        counts["input_lines"] = rows.count()
+        invalid = rows.filter(F.col("reason").isNotNull())
+        valid = rows.filter(F.col("reason").isNull()).drop("reason", "detail", "raw")
+        meta = meta_bad = meta_dups = None
+        if "metadata" in paths:
+            meta_rows = readers.read_metadata(spark, cfg, paths["metadata"]).persist()
+            counts["metadata_lines"] = meta_rows.count()
+            meta_bad = meta_rows.filter(F.col("reason").isNotNull())
+            meta, meta_dups = clean.deduplicate_metadata(meta_rows.filter(F.col("reason").isNull()))
+            meta = meta.persist()
+    bar.update()
+
+    with step("clean"):
+        kept, dups = clean.deduplicate(valid)
+        kept, item_removed = clean.filter_items(kept, meta, cfg.prepare.item_filter)
+        kept = kept.persist()
+        counts["valid_after_clean"] = kept.count()
+    bar.update()
+
+    with step("k-core"):
+        survivors, passes = k_core(kept, cfg.prepare.k_core)
+        final = kept.join(survivors, ["user_id", "item_id"], "left_semi").persist()
+        below = kept.join(survivors, ["user_id", "item_id"], "left_anti")
+        counts["k_core"] = {"k": cfg.prepare.k_core, "passes": passes}
+        counts["reviews"] = final.count()
+    bar.update()
+
+    with step("split"):
+        interactions = leave_one_out(final).persist()
+        counts["split"] = {r["split"]: r["count"] for r in interactions.groupBy("split").count().collect()}
+        counts["ties"] = tie_counts(interactions)
+    bar.update()
+
+    with step("samples"):
+        train_ids = interactions.filter(F.col("split") == "train").select("review_id")
+        train_reviews = final.join(train_ids, "review_id", "left_semi")
+        samples = review_samples(train_reviews, cfg.prepare.samples).persist()
+    bar.update()
+
+    with step("items"):
+        items = _items(interactions, train_reviews, samples, meta)
+    bar.update()
+
+    quarantine = _quarantine(invalid, dups, item_removed, below, meta_bad, meta_dups)
+    frames: dict[str, DataFrame] = {
+        "reviews": final, "items": items, "interactions": interactions, "review_samples": samples,
+        "quarantine": quarantine,
+    }
+    with step("write"):
+        for table in TABLES:
+            conform(frames[table.name], table).orderBy(*table.key).write.mode("overwrite").parquet(
+                str(out / table.name)
+            )
+    bar.update()
+
+    with step("validate"):
+        rows_written = {t.name: schemas.validate_parquet(out / t.name, t) for t in TABLES}
+        q = spark.read.parquet(str(out / "quarantine"))
+        by_reason = {
+            f"{r['source_table']}.{r['reason']}": r["count"]
+            for r in q.groupBy("source_table", "reason").count().orderBy("source_table", "reason").collect()
+        }
+        counts.update(_accounting(counts, rows_written, by_reason, final))
+    bar.update()
+    bar.close()
+
+    manifest.tables = {name: {"path": name, "rows": n} for name, n in rows_written.items()}
+    manifest.counts = counts
+    manifest.timings_s = timer.timings
+
+
+def _items(interactions: DataFrame, train_reviews: DataFrame, samples: DataFrame, meta: DataFrame | None) -> DataFrame:
+    stats = interactions.groupBy("item_id").agg(F.count("*").alias("n_interactions"))
+    train_text = (
+        train_reviews.filter(~F.col("empty_text")).groupBy("item_id").agg(F.count("*").alias("n_train_reviews"))
+    )
+    sampled = samples.groupBy("item_id").agg(F.count("*").alias("n_samples"))
+    items = stats.join(train_text, "item_id", "left").join(sampled, "item_id", "left")
+    if meta is not None:
+        items = items.join(meta.select(*readers.METADATA_COLUMNS).withColumn("has_metadata", F.lit(True)), "item_id", "left")
+    else:
+        for name, kind in [("title", "string"), ("description", "string"), ("categories", "array<string>"),
+                           ("brand", "string"), ("city", "string"), ("metadata_json", "string")]:
+            items = items.withColumn(name, F.lit(None).cast(kind))
+        items = items.withColumn("has_metadata", F.lit(False))
+    return items.fillna(0, subset=["n_train_reviews", "n_samples"]).fillna(False, subset=["has_metadata"])
+
+
+def _quarantine(
+    invalid: DataFrame,
+    dups: DataFrame,
+    item_removed: DataFrame,
+    below: DataFrame,
+    meta_bad: DataFrame | None,
+    meta_dups: DataFrame | None,
+) -> DataFrame:
+    def removed(df: DataFrame, reason: str, detail: Any) -> DataFrame:
+        return df.select(
+            F.lit("reviews").alias("source_table"), "source_file", "source_line", F.lit(reason).alias("reason"),
+            detail.alias("detail"), F.lit(None).cast("string").alias("raw"), "review_id", "user_id", "item_id",
+        )
+
+    parts = [
+        invalid.select(
+            F.lit("reviews").alias("source_table"), "source_file", "source_line", "reason", "detail", "raw",
+            "review_id", "user_id", "item_id",
+        ),
+        removed(dups, "duplicate", F.col("_detail")),
+        removed(item_removed, "item_filtered", F.col("_detail")),
+        removed(below, "below_k_core", F.lit(None).cast("string")),
+    ]
+    if meta_bad is not None and meta_dups is not None:
+        parts.append(meta_bad.select(
+            F.lit("metadata").alias("source_table"), "source_file", "source_line", "reason", "detail", "raw",
+            F.lit(None).cast("string").alias("review_id"), F.lit(None).cast("string").alias("user_id"), "item_id",
+        ))
+        parts.append(meta_dups.select(
+            F.lit("metadata").alias("source_table"), "source_file", "source_line",
+            F.lit("duplicate_metadata").alias("reason"), F.lit("a second record for the item").alias("detail"),
+            F.lit(None).cast("string").alias("raw"), F.lit(None).cast("string").alias("review_id"),
+            F.lit(None).cast("string").alias("user_id"), "item_id",
+        ))
+    out = parts[0]
+    for part in parts[1:]:
+        out = out.unionByName(part)
+    return out
+
+
+def _accounting(counts: dict[str, Any], rows: dict[str, int], by_reason: dict[str, int], final: DataFrame) -> dict[str, Any]:
+    """Prove that no input line was lost: lines = reviews + quarantined, for each input."""
+    review_q = sum(n for k, n in by_reason.items() if k.startswith("reviews."))
+    if counts["input_lines"] != rows["reviews"] + review_q:
+        raise AssertionError(
+            f"prepare lost lines: {counts['input_lines']} read, {rows['reviews']} kept + {review_q} quarantined"
+        )
+    out: dict[str, Any] = {
+        "quarantine_by_reason": by_reason,
+        "empty_text_reviews": final.filter("empty_text").count(),
+        "users": rows["interactions"] and final.select("user_id").distinct().count(),
+        "items": rows["items"],
+        "accounting": f"{counts['input_lines']} lines = {rows['reviews']} reviews + {review_q} quarantined",
+    }
+    if "metadata_lines" in counts:
+        meta_q = sum(n for k, n in by_reason.items() if k.startswith("metadata."))
+        out["metadata_records_used"] = counts["metadata_lines"] - meta_q
+    return out

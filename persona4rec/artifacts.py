@@ -1,0 +1,135 @@
+"""Versioned, atomically published stage outputs and their manifests.
+
+A stage writes into ``<artifacts>/<dataset>/<stage>/<fingerprint>/``, where the fingerprint hashes the
+stage's code version, the configuration sections it reads and the checksums of its inputs. It builds in a
+temporary sibling folder and renames it into place only when complete, then points ``CURRENT`` at it
+(write-then-rename, so readers never see a half-written version). A rerun whose fingerprint already
+has a complete version does no work; a crash leaves only a temporary folder, removed by the next run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from persona4rec.config import stable_hash
+
+MANIFEST = "manifest.json"
+CURRENT = "CURRENT"
+
+
+@dataclass
+class Manifest:
+    """What a stage version is made of and what it holds; written as JSON beside its tables."""
+
+    stage: str
+    fingerprint: str
+    config_hash: str
+    stage_config: dict[str, Any]
+    inputs: list[dict[str, Any]]
+    tables: dict[str, dict[str, Any]] = field(default_factory=dict)
+    counts: dict[str, Any] = field(default_factory=dict)
+    timings_s: dict[str, float] = field(default_factory=dict)
+    environment: dict[str, str] = field(default_factory=dict)
+    created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+    def write(self, folder: Path) -> Path:
+        path = folder / MANIFEST
+        _atomic_write(path, json.dumps(self.__dict__, indent=2, sort_keys=False, ensure_ascii=False) + "\n")
+        return path
+
+    @classmethod
+    def read(cls, folder: Path) -> Manifest:
+        return cls(**json.loads((folder / MANIFEST).read_text(encoding="utf-8")))
+
+
+def fingerprint(stage: str, version: int, stage_config: dict[str, Any], inputs: list[dict[str, Any]]) -> str:
+    """Identity of a stage's output: same code version, same config sections, same input bytes."""
+    return stable_hash(
+        {"stage": stage, "version": version, "config": stage_config, "inputs": [i["sha256"] for i in inputs]}
+    )
+
+
+@dataclass(frozen=True)
+class StageStore:
+    """The versions of one stage's output for one dataset."""
+
+    root: Path
+
+    def version_dir(self, fp: str) -> Path:
+        return self.root / fp[:16]
+
+    def complete(self, fp: str) -> Path | None:
+        """The finished version for this fingerprint, if one exists."""
+        folder = self.version_dir(fp)
+        if (folder / MANIFEST).is_file():
+            try:
+                if Manifest.read(folder).fingerprint == fp:
+                    return folder
+            except (json.JSONDecodeError, TypeError):
+                return None
+        return None
+
+    def current(self) -> Path | None:
+        """The version that downstream stages read (the last one published)."""
+        pointer = self.root / CURRENT
+        if not pointer.is_file():
+            return None
+        folder = self.root / pointer.read_text(encoding="utf-8").strip()
+        return folder if (folder / MANIFEST).is_file() else None
+
+    def begin(self, fp: str) -> Path:
+        """A fresh temporary folder to build a version in; stale ones from crashed runs are removed."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        for stale in self.root.glob(".tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = self.root / f".tmp-{fp[:16]}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        return tmp
+
+    def publish(self, tmp: Path, fp: str) -> Path:
+        """Move a finished build into place and point CURRENT at it."""
+        final = self.version_dir(fp)
+        if final.exists():  # an incomplete leftover under the final name (no manifest)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        self.point_current(final)
+        return final
+
+    def point_current(self, folder: Path) -> None:
+        _atomic_write(self.root / CURRENT, folder.name + "\n")
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class Timer:
+    """Accumulates named wall-clock timings: ``with timer("kcore"): ...``."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+
+    def __call__(self, name: str) -> _Span:
+        return _Span(self, name)
+
+
+class _Span:
+    def __init__(self, timer: Timer, name: str) -> None:
+        self.timer, self.name = timer, name
+
+    def __enter__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        elapsed = time.perf_counter() - self.start
+        self.timer.timings[self.name] = round(self.timer.timings.get(self.name, 0.0) + elapsed, 3)

@@ -1,0 +1,254 @@
+"""``p4r``: one command, a subcommand per pipeline stage.
+
+Every stage command takes the same configuration arguments: ``-d DATASET``, ``-c EXPERIMENT.yaml`` and
+any number of ``key=value`` overrides (see ``p4r config show --help``). Engines are imported only by the
+command that needs them, so ``p4r --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+import persona4rec
+from persona4rec.config import LoadedConfig, dataset_names, load_config
+from persona4rec.errors import Persona4RecError, StageUnavailable
+
+#: Stages in pipeline order. ``None``: not built yet (the issue that brings it).
+PIPELINE: tuple[tuple[str, str | None], ...] = (
+    ("prepare", None),
+    ("reason", "issue #3 (LLM persona reasoning)"),
+    ("align", "issue #3 (persona labels for training interactions)"),
+    ("embed", "issue #4 (embeddings on Ray)"),
+    ("train", "issue #4 (encoder training on Ray Train)"),
+    ("index", "issue #5 (persona index in Milvus)"),
+    ("candidates", "issue #6 (first-stage candidates)"),
+    ("evaluate", "issue #6 (evaluation and reports)"),
+)
+AVAILABLE = tuple(name for name, pending in PIPELINE if pending is None)
+
+
+class P4RGroup(click.Group):
+    """Turns the project's own errors into one clear line and exit code 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Persona4RecError as exc:
+            click.secho(f"p4r: error: {exc}", fg="red", err=True)
+            sys.exit(2)
+
+
+def config_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """-d/-c/key=value, loaded into a validated config passed as ``loaded``."""
+
+    @click.option("-d", "--dataset", metavar="NAME|FILE", help="Dataset layer: a name from `p4r data list` or a YAML file.")
+    @click.option("-c", "--config", "experiment", metavar="FILE", type=click.Path(dir_okay=False),
+                  help="Experiment file, layered over the defaults and the dataset.")
+    @click.option("--print-config", is_flag=True, help="Print the effective configuration and exit.")
+    @click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+    @functools.wraps(func)
+    def wrapper(dataset: str | None, experiment: str | None, print_config: bool, overrides: tuple[str, ...],
+                **kwargs: Any) -> Any:
+        loaded = load_config(overrides, experiment=experiment, dataset=dataset)
+        if print_config:
+            click.echo(loaded.config.to_yaml(), nl=False)
+            click.echo(f"# config hash: {loaded.config.hash()}")
+            return None
+        return func(loaded=loaded, **kwargs)
+
+    return wrapper
+
+
+@click.group(cls=P4RGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(persona4rec.__version__, prog_name="p4r")
+def main() -> None:
+    """Persona4Rec: LLM-built personas in an item index, explainable reranking in a millisecond.
+
+    \b
+    The pipeline, stage by stage (each writes versioned tables under paths.artifacts):
+      prepare     Spark: raw reviews -> cleaned corpus, leave-one-out split, LLM review samples
+      reason      Ray + LLM: item summaries and personas           (not yet available)
+      align       persona labels for training interactions          (not yet available)
+      embed       Ray: persona and interaction embeddings           (not yet available)
+      train       Ray Train: the alignment encoder, into MLflow     (not yet available)
+      index       Milvus: the persona-profiled item index           (not yet available)
+      candidates  first-stage CF candidates                         (not yet available)
+      evaluate    metrics and reports                               (not yet available)
+      serve       HTTP rerank / recommend with explanations         (not yet available)
+    `p4r run` runs every available stage in order.
+
+    \b
+    Configuration (every stage command takes the same arguments):
+      p4r prepare -d amazon2014-musical-instruments data.local_dir=/path/to/data prepare.k_core=10
+      p4r config show --explain -d yelp data.local_dir=~/yelp     # effective config, and who set each key
+    Precedence: conf/defaults.yaml < dataset layer (-d) < experiment file (-c) < key=value.
+    """
+
+
+# --------------------------------------------------------------------------------------------- run
+
+
+@main.command()
+@config_options
+@click.option("--force", is_flag=True, help="Rebuild every stage even when its output is up to date.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+def run(loaded: LoadedConfig, force: bool, quiet: bool) -> None:
+    """Run the whole pipeline: every available stage, in order, skipping up-to-date ones."""
+    for name, pending in PIPELINE:
+        if pending is not None:
+            remaining = [n for n, p in PIPELINE if p is not None]
+            click.echo(f"p4r run: stopping after {', '.join(AVAILABLE)}; not yet available: {', '.join(remaining)}")
+            return
+        STAGES[name](loaded, force=force, quiet=quiet)
+
+
+# ----------------------------------------------------------------------------------------- prepare
+
+
+def _prepare(loaded: LoadedConfig, *, force: bool, quiet: bool) -> None:
+    from persona4rec.jobs.prepare.job import run as prepare_run
+
+    result = prepare_run(loaded.config, force=force, progress=not quiet)
+    m = result.manifest
+    if result.skipped:
+        click.echo(f"prepare: up to date, nothing to do ({result.folder})")
+        return
+    click.echo(f"prepare: wrote {result.folder}")
+    width = max(len(n) for n in m.tables)
+    for name, info in m.tables.items():
+        click.echo(f"  {name:<{width}}  {info['rows']:>10,} rows")
+    click.echo(f"  {m.counts['accounting']}")
+    for reason, n in m.counts["quarantine_by_reason"].items():
+        click.echo(f"    quarantined {reason:<28} {n:>10,}")
+    split = m.counts["split"]
+    click.echo(
+        f"  users {m.counts['users']:,}  items {m.counts['items']:,}  "
+        f"train/valid/test {split.get('train', 0):,}/{split.get('valid', 0):,}/{split.get('test', 0):,}  "
+        f"empty-text reviews {m.counts['empty_text_reviews']:,}"
+    )
+    click.echo(f"  time {sum(m.timings_s.values()):.1f}s  " + "  ".join(f"{k} {v:.1f}s" for k, v in m.timings_s.items()))
+
+
+@main.command()
+@config_options
+@click.option("--force", is_flag=True, help="Rebuild even when the output for these inputs and config exists.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+def prepare(loaded: LoadedConfig, force: bool, quiet: bool) -> None:
+    """Clean, filter and split the review corpus on Spark.
+
+    \b
+    Reads the dataset's raw files (data.local_dir, else the download cache), quarantines every bad
+    line with its reason, de-duplicates, applies the item filter and the iterative k-core
+    (prepare.k_core), splits leave-one-out by time and samples each item's training reviews for the
+    LLM. Writes reviews, items, interactions, review_samples and quarantine as Parquet, plus
+    manifest.json, under <paths.artifacts>/<dataset>/prepare/<fingerprint>/. A rerun with the same
+    inputs and configuration does no work.
+
+    \b
+    Example (the real data shipped on this machine):
+      p4r prepare -d amazon2014-musical-instruments \\
+          data.local_dir=../shared/data/amazon2014_musical_instruments_5core
+    """
+    _prepare(loaded, force=force, quiet=quiet)
+
+
+STAGES: dict[str, Callable[..., None]] = {"prepare": _prepare}
+
+
+def _not_yet(name: str, pending: str) -> None:
+    @main.command(name=name, context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+                  help=f"Not yet available: arrives with {pending}.")
+    def _command() -> None:
+        raise StageUnavailable(f"`p4r {name}` is not yet available: it arrives with {pending}.")
+
+
+for _name, _pending in PIPELINE:
+    if _pending is not None:
+        _not_yet(_name, _pending)
+_not_yet("serve", "issue #5 (recommendation service)")
+_not_yet("promote", "issue #4 (registry-gated promotion)")
+_not_yet("submit", "issue #7 (cluster job submission)")
+
+
+# -------------------------------------------------------------------------------------------- data
+
+
+@main.group()
+def data() -> None:
+    """The dataset registry: list datasets, download and verify them."""
+
+
+@data.command("list")
+def data_list() -> None:
+    """Registered datasets, their format and where they come from."""
+    for name in dataset_names():
+        cfg = load_config(dataset=name).config
+        how = "manual download" if cfg.data.manual_download else ("user-supplied" if not cfg.data.reviews.url else "download")
+        click.echo(f"{name:<34} {cfg.data.format:<10} {how:<15} {cfg.data.description}")
+
+
+@data.command("fetch")
+@click.argument("name")
+@click.option("--dest", type=click.Path(file_okay=False), help="Folder to download into (default: data.cache_dir/NAME).")
+@click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+def data_fetch(name: str, dest: str | None, overrides: tuple[str, ...]) -> None:
+    """Download dataset NAME and verify its checksums.
+
+    Files already present are verified, not downloaded again; an interrupted download resumes. To use
+    a copy you already have, skip this and set data.local_dir=FOLDER on the stage command instead.
+    """
+    from pathlib import Path
+
+    from persona4rec.datasets import fetch
+
+    cfg = load_config(overrides, dataset=name).config
+    for path in fetch(cfg, dest=Path(dest) if dest else None):
+        click.echo(str(path))
+
+
+@data.command("info")
+@click.argument("name")
+def data_info(name: str) -> None:
+    """A dataset's registry entry: files, addresses, checksums, terms."""
+    cfg = load_config(dataset=name).config
+    click.echo(json.dumps(cfg.data.model_dump(mode="json", exclude_none=True), indent=2))
+
+
+# ------------------------------------------------------------------------------------------ config
+
+
+@main.group()
+def config() -> None:
+    """Inspect the layered configuration."""
+
+
+@config.command("show")
+@config_options
+@click.option("--explain", is_flag=True, help="Annotate every key with the layer that set it.")
+def config_show(loaded: LoadedConfig, explain: bool) -> None:
+    """Print the effective configuration and its hash.
+
+    \b
+    Layers, lowest precedence first:
+      1. conf/defaults.yaml                     every key and its default
+      2. conf/datasets/<dataset>.yaml (-d)       the dataset's reader and files
+      3. experiment file (-c FILE)               your run's settings
+      4. key=value arguments                     e.g. prepare.k_core=10 spark.master=spark://h:7077
+    Values are YAML: 10 is a number, [a, b] a list, null clears. Unknown keys and wrong types fail.
+    """
+    click.echo(loaded.explain() if explain else loaded.config.to_yaml(), nl=False)
+    click.echo(f"# config hash: {loaded.config.hash()}")
+
+
+@main.command()
+def schemas() -> None:
+    """Print the table contracts (columns, types, meaning) as Markdown."""
+    from persona4rec.schemas import schemas_markdown
+
+    click.echo(schemas_markdown())

@@ -1,0 +1,384 @@
+"""Layered, typed, validated configuration.
+
+Precedence, lowest to highest (each layer deep-merges over the one before; lists are replaced whole):
+
+1. ``conf/defaults.yaml``: every key, with its default;
+2. the dataset layer ``conf/datasets/<dataset>.yaml`` (or a YAML file given by path), chosen by the
+   ``dataset`` key as set by the layers above and below it (command line first);
+3. an experiment file (``--config FILE``);
+4. ``key=value`` overrides on the command line (values parsed as YAML scalars or lists, never evaluated).
+
+The merged document is validated into frozen pydantic models: an unknown key or a wrong type fails with
+the dotted key, the layer that set it, and a suggestion for a misspelt key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from persona4rec.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+# --------------------------------------------------------------------------------------------- data
+
+
+class DatasetFile(_Section):
+    """One file of a dataset: where it is published and how to recognise it."""
+
+    filename: str = Field(description="Name of the file inside data.local_dir or the download cache.")
+    url: str | None = Field(None, description="Public download address; null for manual-download data.")
+    sha256: str | None = Field(None, description="Published or recorded checksum; null when unknown.")
+    optional: bool = Field(False, description="The pipeline runs without this file when it is absent.")
+
+
+class GenericColumns(_Section):
+    """Column names of a generic review table, mapped onto the canonical review fields."""
+
+    user_id: str
+    item_id: str
+    rating: str
+    timestamp: str
+    text: str
+    title: str | None = None
+    review_id: str | None = None
+
+
+class DataConfig(_Section):
+    """The review corpus: which reader, which files, and where to find them."""
+
+    format: Literal["amazon2014", "amazon2023", "yelp", "generic"]
+    description: str = ""
+    homepage: str | None = None
+    terms: str | None = None
+    manual_download: bool = False
+    reviews: DatasetFile
+    metadata: DatasetFile | None = None
+    local_dir: str | None = Field(
+        None, description="Read the dataset's files from this folder instead of the download cache."
+    )
+    cache_dir: str = Field("~/.cache/persona4rec/datasets", description="Where `p4r data fetch` stores files.")
+    verify_checksums: bool = True
+    # Generic readers only.
+    file_format: Literal["jsonl", "csv", "parquet"] | None = None
+    columns: GenericColumns | None = None
+    timestamp_unit: Literal["s", "ms", "iso"] = "s"
+
+    @model_validator(mode="after")
+    def _generic_needs_mapping(self) -> DataConfig:
+        if self.format == "generic" and (self.file_format is None or self.columns is None):
+            raise ValueError("format 'generic' needs data.file_format and data.columns")
+        return self
+
+
+# -------------------------------------------------------------------------------------------- spark
+
+
+class SparkConfig(_Section):
+    """Where and how Spark runs; any other Spark property goes in ``conf``."""
+
+    master: str = "local[*]"
+    app_name: str = "persona4rec"
+    driver_memory: str = "4g"
+    shuffle_partitions: int = Field(8, ge=1)
+    log_level: Literal["ERROR", "WARN", "INFO", "DEBUG"] = "ERROR"
+    conf: dict[str, str] = Field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------ prepare
+
+
+class ItemFilterConfig(_Section):
+    """Which items enter the corpus, by their metadata (applied before the k-core)."""
+
+    require_metadata: bool = False
+    categories_any: list[str] = Field(default_factory=list)
+    cities: list[str] = Field(default_factory=list)
+
+
+class SamplesConfig(_Section):
+    """Per-item review samples handed to the LLM (training reviews with text only)."""
+
+    max_per_item: int = Field(12, ge=1)
+    min_text_chars: int = Field(1, ge=1)
+
+
+class PrepareConfig(_Section):
+    """Cleaning, filtering and splitting of the review corpus."""
+
+    k_core: int = Field(5, ge=3, description="Every user and item keeps at least k interactions (>= 3 for LOO).")
+    min_rating: float = 1.0
+    max_rating: float = 5.0
+    min_timestamp: int = Field(
+        0, description="Earliest valid review time, unix seconds (1970 by default; later times kept)."
+    )
+    item_filter: ItemFilterConfig = ItemFilterConfig()
+    samples: SamplesConfig = SamplesConfig()
+
+    @model_validator(mode="after")
+    def _rating_range(self) -> PrepareConfig:
+        if self.min_rating > self.max_rating:
+            raise ValueError("prepare.min_rating must not exceed prepare.max_rating")
+        return self
+
+
+# ------------------------------------------------------------------------------------------- whole
+
+
+class PathsConfig(_Section):
+    artifacts: str = Field("artifacts", description="Root of every stage's versioned outputs.")
+
+
+class Config(_Section):
+    """The whole effective configuration of a run."""
+
+    dataset: str
+    data: DataConfig
+    paths: PathsConfig = PathsConfig()
+    spark: SparkConfig = SparkConfig()
+    prepare: PrepareConfig = PrepareConfig()
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+    def hash(self, *sections: str) -> str:
+        """sha256 of the canonical JSON of the whole config, or of the named top-level sections only."""
+        doc = self.to_dict()
+        if sections:
+            doc = {name: doc[name] for name in sections}
+        return stable_hash(doc)
+
+    @property
+    def artifacts_root(self) -> Path:
+        return Path(self.paths.artifacts).expanduser() / _safe_name(self.dataset)
+
+
+def stable_hash(obj: Any) -> str:
+    """sha256 hex digest of an object's canonical JSON (sorted keys, no whitespace)."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _safe_name(dataset: str) -> str:
+    return Path(dataset).stem if dataset.endswith((".yaml", ".yml")) else dataset
+
+
+# ------------------------------------------------------------------------------------------ loading
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """A validated config plus where each leaf value came from (dotted key -> layer label)."""
+
+    config: Config
+    sources: Mapping[str, str]
+
+    def explain(self) -> str:
+        """The effective YAML with each leaf annotated by the layer that set it."""
+        lines: list[str] = []
+        _explain(self.config.to_dict(), self.sources, "", 0, lines)
+        return "\n".join(lines) + "\n"
+
+
+def conf_dir() -> Path:
+    """The packaged ``conf/`` folder (defaults, dataset registry, example experiments)."""
+    return Path(str(resources.files("persona4rec.conf")))
+
+
+def dataset_names() -> list[str]:
+    return sorted(p.stem for p in (conf_dir() / "datasets").glob("*.yaml"))
+
+
+def load_config(
+    overrides: Iterable[str] = (),
+    *,
+    experiment: str | Path | None = None,
+    dataset: str | None = None,
+) -> LoadedConfig:
+    """Build the effective config from all layers; raise ConfigError naming the offending key."""
+    sources: dict[str, str] = {}
+    merged: dict[str, Any] = {}
+
+    defaults_path = conf_dir() / "defaults.yaml"
+    _merge(merged, _read_yaml(defaults_path), "defaults", sources)
+
+    exp_doc: dict[str, Any] = {}
+    exp_label = ""
+    if experiment is not None:
+        exp_doc = _read_yaml(Path(experiment))
+        exp_label = f"experiment {experiment}"
+
+    cli_doc: dict[str, Any] = {}
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_dotted(cli_doc, key, value)
+    if dataset is not None:
+        cli_doc["dataset"] = dataset
+
+    name = cli_doc.get("dataset", exp_doc.get("dataset", merged.get("dataset")))
+    if not isinstance(name, str) or not name:
+        raise ConfigError("dataset: must name a registered dataset or a dataset YAML file")
+    _merge(merged, _read_yaml(_dataset_layer(name)), f"dataset {name}", sources)
+    if exp_doc:
+        _merge(merged, exp_doc, exp_label, sources)
+    _merge(merged, cli_doc, "command line", sources)
+
+    try:
+        config = Config.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, sources)) from None
+    return LoadedConfig(config=config, sources=sources)
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """Split ``a.b=value``; the value is read as a YAML scalar or flow list/map (``[1, 2]``)."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {item!r}: expected key=value, e.g. prepare.k_core=10")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {item!r}: value is not valid YAML ({exc.problem})") from None
+    return key, value
+
+
+def _dataset_layer(name: str) -> Path:
+    if name.endswith((".yaml", ".yml")):
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"dataset: file {name} does not exist")
+        return path
+    path = conf_dir() / "datasets" / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(dataset_names())
+        hint = difflib.get_close_matches(name, dataset_names(), n=1)
+        did_you_mean = f" (did you mean {hint[0]!r}?)" if hint else ""
+        raise ConfigError(f"dataset: unknown dataset {name!r}{did_you_mean}; registered: {known}")
+    return path
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return doc
+
+
+def _merge(into: dict[str, Any], layer: Mapping[str, Any], label: str, sources: dict[str, str], prefix: str = "") -> None:
+    for key, value in layer.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
+            _merge(into[key], value, label, sources, dotted + ".")
+        else:
+            into[key] = _plain(value)
+            for stale in [k for k in sources if k.startswith(dotted + ".")]:
+                del sources[stale]
+            _record(value, dotted, label, sources)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _record(value: Any, dotted: str, label: str, sources: dict[str, str]) -> None:
+    if isinstance(value, Mapping) and value:
+        for key, sub in value.items():
+            _record(sub, f"{dotted}.{key}", label, sources)
+    else:
+        sources[dotted] = label
+
+
+def _set_dotted(doc: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = doc
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {key}: {part!r} is already set to a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _describe(exc: ValidationError, sources: Mapping[str, str]) -> str:
+    problems = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        dotted = ".".join(loc)
+        origin = _origin(dotted, sources)
+        if err["type"] == "extra_forbidden":
+            parent = _model_at(loc[:-1])
+            known = sorted(parent.model_fields) if parent else []
+            hint = difflib.get_close_matches(loc[-1], known, n=1)
+            msg = f"{dotted}: unknown key"
+            msg += f" (did you mean {'.'.join(loc[:-1] + [hint[0]])!r}?)" if hint else ""
+            if known:
+                msg += f"; allowed here: {', '.join(known)}"
+        elif err["type"] == "missing":
+            msg = f"{dotted}: required key is missing"
+        else:
+            shown = err.get("input")
+            msg = f"{dotted}: {err['msg']} (got {shown!r})" if not isinstance(shown, dict) else f"{dotted}: {err['msg']}"
+        problems.append(msg + (f" [set by {origin}]" if origin else ""))
+    return "invalid configuration:\n  " + "\n  ".join(problems)
+
+
+def _origin(dotted: str, sources: Mapping[str, str]) -> str | None:
+    while dotted:
+        if dotted in sources:
+            return sources[dotted]
+        dotted = dotted.rpartition(".")[0]
+    return None
+
+
+def _model_at(loc: list[str]) -> type[BaseModel] | None:
+    model: type[BaseModel] = Config
+    for part in loc:
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        annotation = field.annotation
+        candidates = getattr(annotation, "__args__", (annotation,))
+        nested = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+        if not nested:
+            return None
+        model = nested[0]
+    return model
+
+
+def _explain(node: Any, sources: Mapping[str, str], prefix: str, depth: int, out: list[str]) -> None:
+    pad = "  " * depth
+    for key, value in node.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.append(f"{pad}{key}:")
+            _explain(value, sources, dotted + ".", depth + 1, out)
+        else:
+            rendered = yaml.safe_dump({key: value}, default_flow_style=True, width=10_000).strip()[1:-1]
+            origin = _origin(dotted, sources) or "default (code)"
+            out.append(f"{pad}{rendered}  # {origin}")

@@ -1,0 +1,221 @@
+"""Table contracts: every table that crosses a stage boundary, written down once.
+
+Each :class:`TableSchema` is the single source for a table's columns, types, nullability and meaning.
+Stages validate what they write and what they read against it (:func:`validate_parquet`), the docs are
+generated from it (``p4r schemas``), and the Spark job derives its output types from it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+
+from persona4rec.errors import SchemaError
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: pa.DataType
+    nullable: bool
+    doc: str
+
+
+@dataclass(frozen=True)
+class TableSchema:
+    name: str
+    doc: str
+    key: tuple[str, ...]
+    columns: tuple[Column, ...]
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    def arrow(self) -> pa.Schema:
+        return pa.schema([pa.field(c.name, c.type, nullable=c.nullable) for c in self.columns])
+
+    def __iter__(self) -> Iterator[Column]:
+        return iter(self.columns)
+
+    def markdown(self) -> str:
+        rows = [f"### `{self.name}`", "", self.doc, "", f"Key: `{', '.join(self.key)}`.", ""]
+        rows += ["| column | type | nullable | meaning |", "|---|---|---|---|"]
+        rows += [f"| `{c.name}` | {c.type} | {'yes' if c.nullable else 'no'} | {c.doc} |" for c in self.columns]
+        return "\n".join(rows) + "\n"
+
+
+def _c(name: str, type_: pa.DataType, doc: str, nullable: bool = False) -> Column:
+    return Column(name, type_, nullable, doc)
+
+
+STR, I64, F64, BOOL = pa.string(), pa.int64(), pa.float64(), pa.bool_()
+
+REVIEWS = TableSchema(
+    name="reviews",
+    doc="Every valid review that survived de-duplication, the item filter and the k-core.",
+    key=("review_id",),
+    columns=(
+        _c("review_id", STR, "Stable id: the source's own review id, else a hash of user, item and time."),
+        _c("user_id", STR, "User id as in the source."),
+        _c("item_id", STR, "Item id as in the source (Amazon 2023: parent_asin; Yelp: business_id)."),
+        _c("rating", F64, "Star rating, within [prepare.min_rating, prepare.max_rating]."),
+        _c("timestamp", I64, "Review time, unix seconds (UTC)."),
+        _c("title", STR, "The review's own title or summary line, when the source has one.", nullable=True),
+        _c("text", STR, "Review text; the empty string when the review has none."),
+        _c("empty_text", BOOL, "True when the text is empty or blank: an interaction, never an LLM sample."),
+        _c("source_file", STR, "Name of the raw file the review came from."),
+        _c("source_line", I64, "1-based line (or row) number in that file."),
+    ),
+)
+
+ITEMS = TableSchema(
+    name="items",
+    doc="One row per item that has interactions after the k-core, with its metadata when the source has it.",
+    key=("item_id",),
+    columns=(
+        _c("item_id", STR, "Item id."),
+        _c("has_metadata", BOOL, "True when a metadata record was found for the item."),
+        _c("title", STR, "Item title (Yelp: business name).", nullable=True),
+        _c("description", STR, "Item description, paragraphs joined by newlines.", nullable=True),
+        _c("categories", pa.list_(STR), "Category labels, most general first where the source orders them.",
+           nullable=True),
+        _c("brand", STR, "Brand or store.", nullable=True),
+        _c("city", STR, "City (Yelp businesses).", nullable=True),
+        _c("metadata_json", STR, "The whole metadata record as JSON, for summary prompts.", nullable=True),
+        _c("n_interactions", I64, "Interactions with the item, all splits."),
+        _c("n_train_reviews", I64, "Training interactions whose review has text."),
+        _c("n_samples", I64, "Reviews in the item's LLM sample."),
+    ),
+)
+
+INTERACTIONS = TableSchema(
+    name="interactions",
+    doc=(
+        "Every review as a user-item interaction, ordered per user by (timestamp, review_id), with the "
+        "leave-one-out split: last = test, second-to-last = valid, the rest train."
+    ),
+    key=("user_id", "position"),
+    columns=(
+        _c("user_id", STR, "User id."),
+        _c("item_id", STR, "Item id."),
+        _c("review_id", STR, "The review behind the interaction."),
+        _c("rating", F64, "Star rating."),
+        _c("timestamp", I64, "Unix seconds."),
+        _c("position", I64, "0-based index in the user's chronological history."),
+        _c("split", STR, "'train', 'valid' or 'test'."),
+        _c("tie_broken", BOOL, "True when the timestamp equals a neighbour's, so review_id decided the order."),
+    ),
+)
+
+REVIEW_SAMPLES = TableSchema(
+    name="review_samples",
+    doc=(
+        "Per-item review samples for the LLM: training reviews with text only (never a valid or test "
+        "review), at most prepare.samples.max_per_item per item, spread over ratings and time."
+    ),
+    key=("item_id", "sample_rank"),
+    columns=(
+        _c("item_id", STR, "Item id."),
+        _c("sample_rank", I64, "0-based pick order: a prefix of the sample is itself a spread sample."),
+        _c("review_id", STR, "Sampled review."),
+        _c("user_id", STR, "Its author."),
+        _c("rating", F64, "Star rating."),
+        _c("timestamp", I64, "Unix seconds."),
+        _c("title", STR, "Review title.", nullable=True),
+        _c("text", STR, "Review text (non-empty)."),
+    ),
+)
+
+QUARANTINE = TableSchema(
+    name="quarantine",
+    doc=(
+        "Every input line that is not in `reviews`, with the reason. Invalid lines keep their raw text; "
+        "valid reviews that a filter removed (duplicate, item filter, k-core) keep their ids instead."
+    ),
+    key=("source_table", "source_file", "source_line"),
+    columns=(
+        _c("source_table", STR, "'reviews' or 'metadata': which input the line came from."),
+        _c("source_file", STR, "Raw file name."),
+        _c("source_line", I64, "1-based line (or row) number."),
+        _c("reason", STR, "One of the reasons listed below."),
+        _c("detail", STR, "What exactly was wrong, e.g. the offending value.", nullable=True),
+        _c("raw", STR, "The raw line (invalid UTF-8 replaced), for invalid lines.", nullable=True),
+        _c("review_id", STR, "Review id, when the line parsed far enough.", nullable=True),
+        _c("user_id", STR, "User id, when known.", nullable=True),
+        _c("item_id", STR, "Item id, when known.", nullable=True),
+    ),
+)
+
+TABLES: dict[str, TableSchema] = {
+    t.name: t for t in (REVIEWS, ITEMS, INTERACTIONS, REVIEW_SAMPLES, QUARANTINE)
+}
+
+#: Why a line is in quarantine. Invalid input first, then valid reviews removed by a filter.
+QUARANTINE_REASONS: dict[str, str] = {
+    "invalid_utf8": "the line is not valid UTF-8",
+    "malformed": "not a JSON object (truncated, garbage, an array…) or an unreadable row",
+    "missing_user_id": "no user id, or an empty one",
+    "missing_item_id": "no item id, or an empty one",
+    "invalid_rating": "rating missing, not a number, or outside [min_rating, max_rating]",
+    "invalid_timestamp": "time missing, unparseable, or before prepare.min_timestamp",
+    "invalid_text": "the text field is not a string",
+    "duplicate": "another line has the same user and item; the earliest is kept (detail names it)",
+    "duplicate_metadata": "a second metadata record for the same item; the first is kept",
+    "item_filtered": "the item failed prepare.item_filter (no metadata, category or city)",
+    "below_k_core": "the user or item fell under prepare.k_core interactions",
+}
+
+SPLITS = ("train", "valid", "test")
+
+
+def dataset_of(path: Path) -> pads.Dataset:
+    return pads.dataset(str(path), format="parquet")
+
+
+def validate_parquet(path: Path, schema: TableSchema) -> int:
+    """Check a written table against its contract (names, order, types, no nulls where forbidden).
+
+    Reads only Parquet footers (row-group statistics), so it is cheap at any size. Returns the row count.
+    """
+    if not path.exists():
+        raise SchemaError(f"table {schema.name}: {path} does not exist")
+    ds = dataset_of(path)
+    actual = ds.schema
+    expected = schema.arrow()
+    if actual.names != expected.names:
+        raise SchemaError(f"table {schema.name}: columns {actual.names} != contract {expected.names}")
+    for want in expected:
+        got = actual.field(want.name)
+        if not got.type.equals(want.type) and not _list_equal(got.type, want.type):
+            raise SchemaError(f"table {schema.name}: column {want.name} has type {got.type}, contract {want.type}")
+    required = [i for i, f in enumerate(expected) if not f.nullable]
+    rows = 0
+    for fragment in ds.get_fragments():
+        meta = fragment.metadata
+        rows += meta.num_rows
+        for rg in range(meta.num_row_groups):
+            group = meta.row_group(rg)
+            for i in range(group.num_columns):
+                col = group.column(i)
+                name = col.path_in_schema.split(".")[0]
+                idx = expected.get_field_index(name)
+                stats = col.statistics
+                if idx in required and stats is not None and stats.has_null_count and stats.null_count:
+                    raise SchemaError(f"table {schema.name}: column {name} holds nulls, contract forbids them")
+    return rows
+
+
+def _list_equal(a: pa.DataType, b: pa.DataType) -> bool:
+    return pa.types.is_list(a) and pa.types.is_list(b) and a.value_type.equals(b.value_type)
+
+
+def schemas_markdown() -> str:
+    parts = [t.markdown() for t in TABLES.values()]
+    reasons = "\n".join(f"| `{k}` | {v} |" for k, v in QUARANTINE_REASONS.items())
+    parts.append("### Quarantine reasons\n\n| reason | meaning |\n|---|---|\n" + reasons + "\n")
+    return "\n".join(parts)

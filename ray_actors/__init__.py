@@ -1,0 +1,1 @@
+"""Long-lived Ray workers: LLM engines (persona reasoning) and embedders. Arrives with the reasoning stage."""
