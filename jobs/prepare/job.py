@@ -47,8 +47,9 @@ class PrepareResult:
 
 def stage_config(cfg: Config) -> dict[str, Any]:
     """The configuration that determines prepare's output (not where files live, not Spark tuning)."""
-    data = cfg.data.model_dump(mode="json", include={"format", "reviews", "metadata", "file_format", "columns",
-                                                     "timestamp_unit"})
+    data = cfg.data.model_dump(mode="json", include={"format", "file_format", "columns", "timestamp_unit"})
+    data["files"] = {"reviews": cfg.data.reviews.filename,
+                     "metadata": cfg.data.metadata.filename if cfg.data.metadata else None}
     return {"data": data, "prepare": cfg.prepare.model_dump(mode="json")}
 
 
