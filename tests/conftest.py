@@ -17,7 +17,6 @@ MUSICAL_INSTRUMENTS = SHARED_DATA / "amazon2014_musical_instruments_5core"
 @pytest.fixture(scope="session")
 def spark():
     """A real local SparkSession (2 cores), started once and shared by every test."""
-    pytest.importorskip("pyspark")
     from persona4rec.infra.spark import spark_session
 
     session = spark_session(SparkConfig(master="local[2]", shuffle_partitions=4, driver_memory="2g"))
