@@ -349,6 +349,9 @@ def _describe(exc: ValidationError, sources: Mapping[str, str]) -> str:
 
 
 def _origin(dotted: str, sources: Mapping[str, str]) -> str | None:
+    children = [label for key, label in sources.items() if key.startswith(dotted + ".")]
+    if dotted not in sources and children:
+        return children[-1]
     while dotted:
         if dotted in sources:
             return sources[dotted]
