@@ -34,7 +34,10 @@ AVAILABLE = tuple(name for name, pending in PIPELINE if pending is None)
 
 
 class P4RGroup(click.Group):
-    """Turns the project's own errors into one clear line and exit code 2."""
+    """Lists commands in pipeline order; turns the project's own errors into one line and exit code 2."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -251,4 +254,4 @@ def schemas() -> None:
     """Print the table contracts (columns, types, meaning) as Markdown."""
     from persona4rec.schemas import schemas_markdown
 
-    click.echo(schemas_markdown())
+    click.echo(schemas_markdown(), nl=False)

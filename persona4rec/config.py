@@ -41,7 +41,9 @@ class DatasetFile(_Section):
 
     filename: str = Field(description="Name of the file inside data.local_dir or the download cache.")
     url: str | None = Field(None, description="Public download address; null for manual-download data.")
-    sha256: str | None = Field(None, description="Published or recorded checksum; null when unknown.")
+    sha256: str | None = Field(
+        None, pattern=r"^[0-9a-f]{64}$", description="Published or recorded checksum; null when unknown."
+    )
     optional: bool = Field(False, description="The pipeline runs without this file when it is absent.")
 
 

@@ -214,8 +214,17 @@ def _list_equal(a: pa.DataType, b: pa.DataType) -> bool:
     return pa.types.is_list(a) and pa.types.is_list(b) and a.value_type.equals(b.value_type)
 
 
+_DOC_HEADER = """# Table contracts
+
+Generated from `persona4rec/schemas.py` by `p4r schemas > docs/schemas.md`; a test keeps the two in step.
+Every stage validates the tables it writes and reads against these contracts: column names and order,
+types, and no nulls in non-nullable columns.
+"""
+
+
 def schemas_markdown() -> str:
-    parts = [t.markdown() for t in TABLES.values()]
+    """The contracts as a Markdown document (docs/schemas.md)."""
+    parts = [_DOC_HEADER] + [t.markdown() for t in TABLES.values()]
     reasons = "\n".join(f"| `{k}` | {v} |" for k, v in QUARANTINE_REASONS.items())
     parts.append("### Quarantine reasons\n\n| reason | meaning |\n|---|---|\n" + reasons + "\n")
     return "\n".join(parts)

@@ -96,7 +96,7 @@ def _json_rows(spark: SparkSession, path: str, names: list[str]) -> DataFrame:
         F.make_valid_utf8("value").alias("raw"),
         F.is_valid_utf8("value").alias("_utf8"),
         F.from_json("value", schema, {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": _CORRUPT}).alias("f"),
-    ).withColumn("_malformed", F.col(f"f.{_CORRUPT}").isNotNull())
+    ).withColumn("_malformed", F.col("f").isNull() | F.col(f"f.{_CORRUPT}").isNotNull())  # null: a blank line
 
 
 def _csv_rows(spark: SparkSession, path: str, fields: ReviewFields) -> DataFrame:
@@ -267,7 +267,8 @@ def read_metadata(spark: SparkSession, cfg: Config, path: str) -> DataFrame:
     m = lambda name: F.col(f"m.{name}")  # noqa: E731
     payload = F.to_json(F.struct(*[m(n).alias(n) for n in fields]))
     if fmt == "amazon2014":
-        cols = [m("asin"), m("title"), m("description"), F.flatten(m("categories")), m("brand"), F.lit(None)]
+        paths = F.array_distinct(F.flatten(m("categories")))  # category paths share their top levels
+        cols = [m("asin"), m("title"), m("description"), paths, m("brand"), F.lit(None)]
     elif fmt == "amazon2023":
         desc = F.array_join(F.concat(F.coalesce(m("features"), F.array()), F.coalesce(m("description"), F.array())), "\n")
         cols = [m("parent_asin"), m("title"), F.nullif(desc, F.lit("")), m("categories"),
@@ -279,12 +280,12 @@ def read_metadata(spark: SparkSession, cfg: Config, path: str) -> DataFrame:
     named = [c.cast(t).alias(n) for c, n, t in zip(
         cols, METADATA_COLUMNS[:-1], ["string", "string", "string", "array<string>", "string", "string"], strict=True
     )]
-    out = parsed.select("source_file", "source_line", "raw", "_utf8", m(_CORRUPT).alias("_corrupt"), *named,
-                        payload.alias("metadata_json"))
+    out = parsed.select("source_file", "source_line", "raw", "_utf8", F.col("m").alias("_parsed"),
+                        m(_CORRUPT).alias("_corrupt"), *named, payload.alias("metadata_json"))
     out = out.withColumn("item_id", F.trim("item_id"))
     reason = (
         F.when(~F.col("_utf8"), "invalid_utf8")
-        .when(F.col("_corrupt").isNotNull(), "malformed")
+        .when(F.col("_parsed").isNull() | F.col("_corrupt").isNotNull(), "malformed")
         .when(_bad_id("item_id"), "missing_item_id")
     )
     return out.select(

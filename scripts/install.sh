@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Set up Persona4Rec on a fresh machine: a virtualenv with the project and the extras you ask for,
+# every version held to requirements/constraints.txt.
+#
+#   scripts/install.sh                      # .venv with the extras for the pipeline and tests (spark,dev)
+#   scripts/install.sh --extras cpu,dev     # everything a CPU-only machine can run
+#   scripts/install.sh --python python3.11 --venv /opt/p4r
+#
+# CPU torch is installed first, on its own, whenever an extra needs torch: a package that asks for torch
+# later then finds it satisfied instead of pulling a multi-GB CUDA build. Spark needs a Java 17+ runtime;
+# it is installed with apt when missing and this runs as root.
+set -euo pipefail
+
+extras="spark,dev"
+python="python3.11"
+venv=".venv"
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --extras) extras="$2"; shift 2 ;;
+    --python) python="$2"; shift 2 ;;
+    --venv) venv="$2"; shift 2 ;;
+    -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "install.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+cd "$(dirname "$0")/.."
+command -v "$python" >/dev/null || python="python3"
+"$python" -c 'import sys; assert sys.version_info[:2] == (3, 11), sys.version' \
+  || { echo "install.sh: Python 3.11 is required (try --python)" >&2; exit 2; }
+
+if [[ ",$extras," == *",spark,"* || ",$extras," == *",cpu,"* ]] && ! java -version >/dev/null 2>&1; then
+  if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+    echo "install.sh: installing a Java runtime for Spark"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless >/dev/null
+  else
+    echo "install.sh: Spark needs Java 17+; install it (e.g. apt-get install openjdk-17-jre-headless)" >&2; exit 2
+  fi
+fi
+
+[[ -x "$venv/bin/python" ]] || "$python" -m venv "$venv"
+pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check -c requirements/constraints.txt)
+if [[ ",$extras," =~ ,(cpu|embed|llm-cpu), ]]; then
+  "${pip[@]}" torch==2.13.0
+fi
+"${pip[@]}" -e ".[$extras]"
+echo "install.sh: ready: $venv (extras: $extras); try $venv/bin/p4r --help"

@@ -1,0 +1,151 @@
+"""The `p4r` command line: help, errors, dataset fetching over real HTTP, and the whole pipeline."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import threading
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from persona4rec.cli import main
+from persona4rec.schemas import schemas_markdown
+from tests.conftest import MUSICAL_INSTRUMENTS, REPO
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def test_help_lists_stages_in_pipeline_order():
+    result = invoke("--help")
+    assert result.exit_code == 0
+    listed = [line.split()[0] for line in result.output.split("Commands:")[1].strip().splitlines()]
+    assert listed[:9] == ["run", "prepare", "reason", "align", "embed", "train", "index", "candidates", "evaluate"]
+    assert "key=value" in result.output
+
+
+def test_stage_help_teaches():
+    out = invoke("prepare", "--help").output
+    for needle in ("quarantine", "k-core", "data.local_dir", "Example", "--force", "KEY=VALUE"):
+        assert needle in out
+
+
+@pytest.mark.parametrize("stage", ["reason", "train", "index", "serve", "evaluate"])
+def test_unbuilt_stage_refuses_instead_of_pretending(stage: str):
+    result = CliRunner().invoke(main, [stage, "-d", "yelp"])
+    assert result.exit_code == 2
+    assert "not yet available" in result.output
+
+
+def test_config_error_is_one_clear_line():
+    result = CliRunner().invoke(main, ["config", "show", "prepare.kcore=3"])
+    assert result.exit_code == 2
+    assert "prepare.kcore: unknown key (did you mean 'prepare.k_core'?)" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_config_show_explain_and_print_config():
+    out = invoke("config", "show", "--explain", "-d", "yelp", "prepare.k_core=8").output
+    assert "k_core: 8  # command line" in out
+    assert "format: yelp  # dataset yelp" in out
+    assert "# config hash: " in out
+    printed = invoke("prepare", "--print-config", "prepare.k_core=8").output
+    assert "k_core: 8" in printed and "prepare: wrote" not in printed
+
+
+def test_data_list_and_info():
+    out = invoke("data", "list").output
+    assert "amazon2014-musical-instruments" in out and "manual download" in out
+    info = invoke("data", "info", "amazon2014-musical-instruments").output
+    assert "03f9cc27ae13a454cb4ea6cb620fb10546cc1194ef921441d1c5f34addff2748" in info
+
+
+def test_docs_schemas_is_in_step_with_code():
+    assert (REPO / "docs" / "schemas.md").read_text(encoding="utf-8") == schemas_markdown()
+
+
+def test_yelp_is_never_downloaded():
+    result = CliRunner().invoke(main, ["data", "fetch", "yelp"])
+    assert result.exit_code == 2
+    assert "manual download" in result.output
+
+
+def test_missing_data_says_how_to_get_it(tmp_path: Path):
+    result = CliRunner().invoke(main, ["prepare", f"paths.artifacts={tmp_path}", f"data.cache_dir={tmp_path}"])
+    assert result.exit_code == 2
+    assert "p4r data fetch amazon2014-musical-instruments" in result.output
+
+
+def test_checksum_mismatch_is_refused(tmp_path: Path):
+    (tmp_path / "reviews_Musical_Instruments_5.json.gz").write_bytes(b"not the real file")
+    result = CliRunner().invoke(main, ["prepare", f"paths.artifacts={tmp_path}", f"data.local_dir={tmp_path}"])
+    assert result.exit_code == 2
+    assert "the registry expects 03f9cc27" in result.output
+
+
+@pytest.fixture
+def http_server(tmp_path: Path):
+    """A real HTTP server on loopback serving tmp_path/www."""
+    root = tmp_path / "www"
+    root.mkdir()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, directory=str(root), **kw)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def _layer(tmp_path: Path, url: str, sha: str, name: str = "served") -> Path:
+    layer = tmp_path / f"{name}.yaml"
+    layer.write_text(
+        "data:\n  format: amazon2014\n  reviews:\n    filename: reviews.json.gz\n"
+        f"    url: {url}/reviews.json.gz\n    sha256: {sha}\n"
+        "  metadata:\n    filename: meta.json.gz\n"
+        f"    url: {url}/missing-meta.json.gz\n    optional: true\n"
+    )
+    return layer
+
+
+def test_fetch_downloads_verifies_and_resumes(tmp_path: Path, http_server):
+    root, url = http_server
+    payload = MUSICAL_INSTRUMENTS.joinpath("reviews_Musical_Instruments_5.json.gz").read_bytes()
+    (root / "reviews.json.gz").write_bytes(payload)
+    sha = hashlib.sha256(payload).hexdigest()
+    dest = tmp_path / "dl"
+    dest.mkdir()
+    (dest / "reviews.json.gz.part").write_bytes(payload[:1000])  # an interrupted earlier download
+    result = invoke("data", "fetch", str(_layer(tmp_path, url, sha)), "--dest", str(dest))
+    assert result.exit_code == 0, result.output
+    assert (dest / "reviews.json.gz").read_bytes() == payload
+    assert "optional metadata file not downloaded" in result.output  # 404 on an optional file is a note
+
+
+def test_fetch_rejects_a_corrupt_download(tmp_path: Path, http_server):
+    root, url = http_server
+    (root / "reviews.json.gz").write_bytes(b"truncated")
+    dest = tmp_path / "dl"
+    result = CliRunner().invoke(main, ["data", "fetch", str(_layer(tmp_path, url, "a" * 64)), "--dest", str(dest)])
+    assert result.exit_code == 2
+    assert "expected aaaa" in result.output
+    assert (dest / "reviews.json.gz.bad").exists() and not (dest / "reviews.json.gz").exists()
+
+
+def test_run_end_to_end_on_musical_instruments(spark, tmp_path: Path):
+    args = ["run", f"paths.artifacts={tmp_path}", f"data.local_dir={MUSICAL_INSTRUMENTS}", "-q"]
+    first = invoke(*args)
+    assert first.exit_code == 0, first.output
+    assert "10,261 rows" in first.output and "users 1,429  items 900" in first.output
+    assert "not yet available: reason" in first.output
+    second = invoke(*args)
+    assert "prepare: up to date, nothing to do" in second.output
