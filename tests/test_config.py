@@ -126,3 +126,8 @@ def test_config_is_frozen_and_hash_is_stable():
     assert a.hash("data") == c.hash("data")
     with pytest.raises(Exception, match="frozen"):
         a.prepare.k_core = 3  # type: ignore[misc]
+
+
+def test_example_experiments_load():
+    for path in sorted((conf_dir() / "experiments").glob("*.yaml")):
+        load_config(experiment=path)
