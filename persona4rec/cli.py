@@ -50,14 +50,23 @@ class P4RGroup(click.Group):
 def config_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """-d/-c/key=value, loaded into a validated config passed as ``loaded``."""
 
-    @click.option("-d", "--dataset", metavar="NAME|FILE", help="Dataset layer: a name from `p4r data list` or a YAML file.")
-    @click.option("-c", "--config", "experiment", metavar="FILE", type=click.Path(dir_okay=False),
-                  help="Experiment file, layered over the defaults and the dataset.")
+    @click.option(
+        "-d", "--dataset", metavar="NAME|FILE", help="Dataset layer: a name from `p4r data list` or a YAML file."
+    )
+    @click.option(
+        "-c",
+        "--config",
+        "experiment",
+        metavar="FILE",
+        type=click.Path(dir_okay=False),
+        help="Experiment file, layered over the defaults and the dataset.",
+    )
     @click.option("--print-config", is_flag=True, help="Print the effective configuration and exit.")
     @click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
     @functools.wraps(func)
-    def wrapper(dataset: str | None, experiment: str | None, print_config: bool, overrides: tuple[str, ...],
-                **kwargs: Any) -> Any:
+    def wrapper(
+        dataset: str | None, experiment: str | None, print_config: bool, overrides: tuple[str, ...], **kwargs: Any
+    ) -> Any:
         loaded = load_config(overrides, experiment=experiment, dataset=dataset)
         if print_config:
             click.echo(loaded.config.to_yaml(), nl=False)
@@ -135,7 +144,9 @@ def _prepare(loaded: LoadedConfig, *, force: bool, quiet: bool) -> None:
         f"train/valid/test {split.get('train', 0):,}/{split.get('valid', 0):,}/{split.get('test', 0):,}  "
         f"empty-text reviews {m.counts['empty_text_reviews']:,}"
     )
-    click.echo(f"  time {sum(m.timings_s.values()):.1f}s  " + "  ".join(f"{k} {v:.1f}s" for k, v in m.timings_s.items()))
+    click.echo(
+        f"  time {sum(m.timings_s.values()):.1f}s  " + "  ".join(f"{k} {v:.1f}s" for k, v in m.timings_s.items())
+    )
 
 
 @main.command()
@@ -165,8 +176,11 @@ STAGES: dict[str, Callable[..., None]] = {"prepare": _prepare}
 
 
 def _not_yet(name: str, pending: str) -> None:
-    @main.command(name=name, context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
-                  help=f"Not yet available: arrives with {pending}.")
+    @main.command(
+        name=name,
+        context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+        help=f"Not yet available: arrives with {pending}.",
+    )
     def _command() -> None:
         raise StageUnavailable(f"`p4r {name}` is not yet available: it arrives with {pending}.")
 
@@ -192,13 +206,19 @@ def data_list() -> None:
     """Registered datasets, their format and where they come from."""
     for name in dataset_names():
         cfg = load_config(dataset=name).config
-        how = "manual download" if cfg.data.manual_download else ("user-supplied" if not cfg.data.reviews.url else "download")
+        how = (
+            "manual download"
+            if cfg.data.manual_download
+            else ("user-supplied" if not cfg.data.reviews.url else "download")
+        )
         click.echo(f"{name:<34} {cfg.data.format:<10} {how:<15} {cfg.data.description}")
 
 
 @data.command("fetch")
 @click.argument("name")
-@click.option("--dest", type=click.Path(file_okay=False), help="Folder to download into (default: data.cache_dir/NAME).")
+@click.option(
+    "--dest", type=click.Path(file_okay=False), help="Folder to download into (default: data.cache_dir/NAME)."
+)
 @click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
 def data_fetch(name: str, dest: str | None, overrides: tuple[str, ...]) -> None:
     """Download dataset NAME and verify its checksums.

@@ -290,7 +290,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return doc
 
 
-def _merge(into: dict[str, Any], layer: Mapping[str, Any], label: str, sources: dict[str, str], prefix: str = "") -> None:
+def _merge(
+    into: dict[str, Any], layer: Mapping[str, Any], label: str, sources: dict[str, str], prefix: str = ""
+) -> None:
     for key, value in layer.items():
         dotted = f"{prefix}{key}"
         if isinstance(value, Mapping) and isinstance(into.get(key), dict):
@@ -345,7 +347,9 @@ def _describe(exc: ValidationError, sources: Mapping[str, str]) -> str:
             msg = f"{dotted}: required key is missing"
         else:
             shown = err.get("input")
-            msg = f"{dotted}: {err['msg']} (got {shown!r})" if not isinstance(shown, dict) else f"{dotted}: {err['msg']}"
+            msg = (
+                f"{dotted}: {err['msg']} (got {shown!r})" if not isinstance(shown, dict) else f"{dotted}: {err['msg']}"
+            )
         problems.append(msg + (f" [set by {origin}]" if origin else ""))
     return "invalid configuration:\n  " + "\n  ".join(problems)
 

@@ -85,9 +85,12 @@ def sha256_file(path: Path, *, cache: Path | None = None, progress: bool = False
         if key in known:
             return known[key]
     digest = hashlib.sha256()
-    with path.open("rb") as fh, tqdm(
-        total=stat.st_size, unit="B", unit_scale=True, desc=f"sha256 {path.name}", disable=not progress, leave=False
-    ) as bar:
+    with (
+        path.open("rb") as fh,
+        tqdm(
+            total=stat.st_size, unit="B", unit_scale=True, desc=f"sha256 {path.name}", disable=not progress, leave=False
+        ) as bar,
+    ):
         while chunk := fh.read(_CHUNK):
             digest.update(chunk)
             bar.update(len(chunk))
@@ -116,8 +119,14 @@ def checked_inputs(cfg: Config, files: list[ResolvedFile], *, progress: bool = F
                 "The file is corrupt or a different release; re-fetch it, or set data.verify_checksums=false."
             )
         records.append(
-            {"role": f.role, "file": f.spec.filename, "path": str(f.path), "bytes": f.path.stat().st_size,
-             "sha256": digest, "verified": bool(expected) and cfg.data.verify_checksums}
+            {
+                "role": f.role,
+                "file": f.spec.filename,
+                "path": str(f.path),
+                "bytes": f.path.stat().st_size,
+                "sha256": digest,
+                "verified": bool(expected) and cfg.data.verify_checksums,
+            }
         )
     return records
 
@@ -167,9 +176,10 @@ def _download(url: str, target: Path, *, progress: bool) -> None:
             start = 0
         total = response.length + start if response.length is not None else None
         mode = "ab" if start else "wb"
-        with partial.open(mode) as out, tqdm(
-            total=total, initial=start, unit="B", unit_scale=True, desc=target.name, disable=not progress
-        ) as bar:
+        with (
+            partial.open(mode) as out,
+            tqdm(total=total, initial=start, unit="B", unit_scale=True, desc=target.name, disable=not progress) as bar,
+        ):
             while chunk := response.read(_CHUNK):
                 out.write(chunk)
                 bar.update(len(chunk))

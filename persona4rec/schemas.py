@@ -82,8 +82,12 @@ ITEMS = TableSchema(
         _c("has_metadata", BOOL, "True when a metadata record was found for the item."),
         _c("title", STR, "Item title (Yelp: business name).", nullable=True),
         _c("description", STR, "Item description, paragraphs joined by newlines.", nullable=True),
-        _c("categories", pa.list_(STR), "Category labels, most general first where the source orders them.",
-           nullable=True),
+        _c(
+            "categories",
+            pa.list_(STR),
+            "Category labels, most general first where the source orders them.",
+            nullable=True,
+        ),
         _c("brand", STR, "Brand or store.", nullable=True),
         _c("city", STR, "City (Yelp businesses).", nullable=True),
         _c("metadata_json", STR, "The whole metadata record as JSON, for summary prompts.", nullable=True),
@@ -151,9 +155,7 @@ QUARANTINE = TableSchema(
     ),
 )
 
-TABLES: dict[str, TableSchema] = {
-    t.name: t for t in (REVIEWS, ITEMS, INTERACTIONS, REVIEW_SAMPLES, QUARANTINE)
-}
+TABLES: dict[str, TableSchema] = {t.name: t for t in (REVIEWS, ITEMS, INTERACTIONS, REVIEW_SAMPLES, QUARANTINE)}
 
 #: Why a line is in quarantine. Invalid input first, then valid reviews removed by a filter.
 QUARANTINE_REASONS: dict[str, str] = {

@@ -117,8 +117,12 @@ def test_deterministic_across_runs(prepared, spark, tmp_path):
 def test_changed_config_builds_a_new_version(prepared, spark):
     cfg, result, _ = prepared
     smaller = load_config(
-        [f"paths.artifacts={cfg.paths.artifacts}", f"data.local_dir={MUSICAL_INSTRUMENTS}",
-         "prepare.samples.max_per_item=3"], dataset=DATASET,
+        [
+            f"paths.artifacts={cfg.paths.artifacts}",
+            f"data.local_dir={MUSICAL_INSTRUMENTS}",
+            "prepare.samples.max_per_item=3",
+        ],
+        dataset=DATASET,
     ).config
     new = job.run(smaller, spark=spark, progress=False)
     assert not new.skipped and new.folder != result.folder
@@ -132,8 +136,12 @@ def test_changed_config_builds_a_new_version(prepared, spark):
 def test_crash_mid_stage_publishes_nothing_and_rerun_recovers(prepared, spark, monkeypatch):
     cfg, result, _ = prepared
     crashing = load_config(
-        [f"paths.artifacts={cfg.paths.artifacts}", f"data.local_dir={MUSICAL_INSTRUMENTS}",
-         "prepare.samples.max_per_item=5"], dataset=DATASET,
+        [
+            f"paths.artifacts={cfg.paths.artifacts}",
+            f"data.local_dir={MUSICAL_INSTRUMENTS}",
+            "prepare.samples.max_per_item=5",
+        ],
+        dataset=DATASET,
     ).config
     store = StageStore(cfg.artifacts_root / "prepare")
     before = store.current()

@@ -49,10 +49,14 @@ def filter_items(reviews: DataFrame, meta: DataFrame | None, rule: ItemFilterCon
     detail = F.lit(None).cast("string")
     if rule.cities:
         wanted = F.array(*[F.lit(c) for c in rule.cities])
-        detail = F.when(~F.coalesce(F.array_contains(wanted, F.col("_city")), F.lit(False)), F.lit("city not listed")).otherwise(detail)
+        detail = F.when(
+            ~F.coalesce(F.array_contains(wanted, F.col("_city")), F.lit(False)), F.lit("city not listed")
+        ).otherwise(detail)
     if rule.categories_any:
         wanted = F.array(*[F.lit(c) for c in rule.categories_any])
-        detail = F.when(~F.arrays_overlap(F.col("_cats"), wanted) | F.col("_cats").isNull(), F.lit("no listed category")).otherwise(detail)
+        detail = F.when(
+            ~F.arrays_overlap(F.col("_cats"), wanted) | F.col("_cats").isNull(), F.lit("no listed category")
+        ).otherwise(detail)
     if rule.require_metadata or rule.categories_any or rule.cities:
         detail = F.when(F.col("_has_meta").isNull(), F.lit("no metadata record")).otherwise(detail)
     joined = joined.withColumn("_detail", detail).drop("_has_meta", "_cats", "_city")

@@ -48,8 +48,10 @@ class PrepareResult:
 def stage_config(cfg: Config) -> dict[str, Any]:
     """The configuration that determines prepare's output (not where files live, not Spark tuning)."""
     data = cfg.data.model_dump(mode="json", include={"format", "file_format", "columns", "timestamp_unit"})
-    data["files"] = {"reviews": cfg.data.reviews.filename,
-                     "metadata": cfg.data.metadata.filename if cfg.data.metadata else None}
+    data["files"] = {
+        "reviews": cfg.data.reviews.filename,
+        "metadata": cfg.data.metadata.filename if cfg.data.metadata else None,
+    }
     return {"data": data, "prepare": cfg.prepare.model_dump(mode="json")}
 
 
@@ -67,10 +69,17 @@ def run(cfg: Config, *, spark: SparkSession | None = None, force: bool = False, 
     spark = spark or spark_session(cfg.spark)
     tmp = store.begin(fp)
     manifest = Manifest(
-        stage=STAGE, fingerprint=fp, config_hash=cfg.hash(), stage_config=scfg, inputs=inputs,
+        stage=STAGE,
+        fingerprint=fp,
+        config_hash=cfg.hash(),
+        stage_config=scfg,
+        inputs=inputs,
         environment={
-            "persona4rec": persona4rec.__version__, "python": platform.python_version(),
-            "spark": spark.version, "spark_master": spark.sparkContext.master, "cpu_count": str(os.cpu_count()),
+            "persona4rec": persona4rec.__version__,
+            "python": platform.python_version(),
+            "spark": spark.version,
+            "spark_master": spark.sparkContext.master,
+            "cpu_count": str(os.cpu_count()),
         },
     )
     try:
@@ -144,7 +153,10 @@ def _build(spark: SparkSession, cfg: Config, files: list, out: Path, manifest: M
 
     quarantine = _quarantine(invalid, dups, item_removed, below, meta_bad, meta_dups)
     frames: dict[str, DataFrame] = {
-        "reviews": final, "items": items, "interactions": interactions, "review_samples": samples,
+        "reviews": final,
+        "items": items,
+        "interactions": interactions,
+        "review_samples": samples,
         "quarantine": quarantine,
     }
     with step("write"):
@@ -178,10 +190,18 @@ def _items(interactions: DataFrame, train_reviews: DataFrame, samples: DataFrame
     sampled = samples.groupBy("item_id").agg(F.count("*").alias("n_samples"))
     items = stats.join(train_text, "item_id", "left").join(sampled, "item_id", "left")
     if meta is not None:
-        items = items.join(meta.select(*readers.METADATA_COLUMNS).withColumn("has_metadata", F.lit(True)), "item_id", "left")
+        items = items.join(
+            meta.select(*readers.METADATA_COLUMNS).withColumn("has_metadata", F.lit(True)), "item_id", "left"
+        )
     else:
-        for name, kind in [("title", "string"), ("description", "string"), ("categories", "array<string>"),
-                           ("brand", "string"), ("city", "string"), ("metadata_json", "string")]:
+        for name, kind in [
+            ("title", "string"),
+            ("description", "string"),
+            ("categories", "array<string>"),
+            ("brand", "string"),
+            ("city", "string"),
+            ("metadata_json", "string"),
+        ]:
             items = items.withColumn(name, F.lit(None).cast(kind))
         items = items.withColumn("has_metadata", F.lit(False))
     return items.fillna(0, subset=["n_train_reviews", "n_samples"]).fillna(False, subset=["has_metadata"])
@@ -197,37 +217,69 @@ def _quarantine(
 ) -> DataFrame:
     def removed(df: DataFrame, reason: str, detail: Any) -> DataFrame:
         return df.select(
-            F.lit("reviews").alias("source_table"), "source_file", "source_line", F.lit(reason).alias("reason"),
-            detail.alias("detail"), F.lit(None).cast("string").alias("raw"), "review_id", "user_id", "item_id",
+            F.lit("reviews").alias("source_table"),
+            "source_file",
+            "source_line",
+            F.lit(reason).alias("reason"),
+            detail.alias("detail"),
+            F.lit(None).cast("string").alias("raw"),
+            "review_id",
+            "user_id",
+            "item_id",
         )
 
     parts = [
         invalid.select(
-            F.lit("reviews").alias("source_table"), "source_file", "source_line", "reason", "detail", "raw",
-            "review_id", "user_id", "item_id",
+            F.lit("reviews").alias("source_table"),
+            "source_file",
+            "source_line",
+            "reason",
+            "detail",
+            "raw",
+            "review_id",
+            "user_id",
+            "item_id",
         ),
         removed(dups, "duplicate", F.col("_detail")),
         removed(item_removed, "item_filtered", F.col("_detail")),
         removed(below, "below_k_core", F.lit(None).cast("string")),
     ]
     if meta_bad is not None and meta_dups is not None:
-        parts.append(meta_bad.select(
-            F.lit("metadata").alias("source_table"), "source_file", "source_line", "reason", "detail", "raw",
-            F.lit(None).cast("string").alias("review_id"), F.lit(None).cast("string").alias("user_id"), "item_id",
-        ))
-        parts.append(meta_dups.select(
-            F.lit("metadata").alias("source_table"), "source_file", "source_line",
-            F.lit("duplicate_metadata").alias("reason"), F.lit("a second record for the item").alias("detail"),
-            F.lit(None).cast("string").alias("raw"), F.lit(None).cast("string").alias("review_id"),
-            F.lit(None).cast("string").alias("user_id"), "item_id",
-        ))
+        parts.append(
+            meta_bad.select(
+                F.lit("metadata").alias("source_table"),
+                "source_file",
+                "source_line",
+                "reason",
+                "detail",
+                "raw",
+                F.lit(None).cast("string").alias("review_id"),
+                F.lit(None).cast("string").alias("user_id"),
+                "item_id",
+            )
+        )
+        parts.append(
+            meta_dups.select(
+                F.lit("metadata").alias("source_table"),
+                "source_file",
+                "source_line",
+                F.lit("duplicate_metadata").alias("reason"),
+                F.lit("a second record for the item").alias("detail"),
+                F.lit(None).cast("string").alias("raw"),
+                F.lit(None).cast("string").alias("review_id"),
+                F.lit(None).cast("string").alias("user_id"),
+                "item_id",
+            )
+        )
     out = parts[0]
     for part in parts[1:]:
         out = out.unionByName(part)
     return out
 
 
-def _accounting(counts: dict[str, Any], rows: dict[str, int], by_reason: dict[str, int], final: DataFrame) -> dict[str, Any]:
+def _accounting(
+    counts: dict[str, Any], rows: dict[str, int], by_reason: dict[str, int], final: DataFrame
+) -> dict[str, Any]:
     """Prove that no input line was lost: lines = reviews + quarantined, for each input."""
     review_q = sum(n for k, n in by_reason.items() if k.startswith("reviews."))
     if counts["input_lines"] != rows["reviews"] + review_q:

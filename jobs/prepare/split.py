@@ -35,10 +35,14 @@ def leave_one_out(reviews: DataFrame) -> DataFrame:
 def tie_counts(interactions: DataFrame) -> dict[str, int]:
     """How often the split depended on the review_id tie-break."""
     held_out = interactions.filter(F.col("split") != "train")
-    row = held_out.groupBy().agg(
-        F.count_if((F.col("split") == "test") & F.col("tie_broken")).alias("test"),
-        F.count_if((F.col("split") == "valid") & F.col("tie_broken")).alias("valid"),
-    ).first()
+    row = (
+        held_out.groupBy()
+        .agg(
+            F.count_if((F.col("split") == "test") & F.col("tie_broken")).alias("test"),
+            F.count_if((F.col("split") == "valid") & F.col("tie_broken")).alias("valid"),
+        )
+        .first()
+    )
     return {
         "tie_broken_interactions": interactions.filter("tie_broken").count(),
         "users_test_tie_broken": int(row["test"] or 0),
