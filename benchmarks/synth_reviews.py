@@ -43,6 +43,12 @@ fine need needs set does do did clean case music studio stage gig bass acoustic 
 fret frets string pick picks volume noise hum cheap expensive worth money back loud quiet strap
 capo knob jack plug battery power supply solid light heavy easy hard long short years months
 first last new old price perfect excellent problem problems issue issues ever never still
+definitely instrument recording microphone adjustable comfortable replacement professional performance
+connection everything something beginner keyboard headphones distortion overdrive tremolo sustain
+intonation fretboard adapter shipping packaging purchase durable sturdy recommended Amazon Fender
+Gibson Yamaha Martin Ernie Ball D'Addario Boss Shure Planet Waves Snark Dunlop Elixir tuning
+tightening electronics feedback amplifier headstock bridge saddle pickups humbucker single coil
+construction accessories reasonable unfortunately absolutely especially interference frequencies
 """.split()
 
 FIRST_NAMES = """
@@ -112,7 +118,7 @@ def make_ids(prefix: str, count: int, width: int, salt: int) -> list[str]:
 
 def word_stream(rng: np.random.Generator) -> tuple[str, np.ndarray]:
     """A long stream of vocabulary words in sentences, and the start offset of each word (plus the end)."""
-    freq = np.arange(1, len(VOCAB) + 1, dtype=np.float64) ** -1.0
+    freq = np.arange(1, len(VOCAB) + 1, dtype=np.float64) ** -0.6
     picks = rng.choice(len(VOCAB), POOL_WORDS, p=freq / freq.sum())
     sentence_end = rng.random(POOL_WORDS) < 1 / 12
     words = [VOCAB[i] for i in picks.tolist()]
@@ -240,7 +246,8 @@ def _chunk_lines(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0] + ". Reviews follow Zipf-like user/item activity, a 5-star "
+        description="Write a synthetic review corpus in the Amazon 2014 JSON-lines format (plain, splittable), "
+        "for benchmarking `p4r prepare`. Reviews follow Zipf-like user/item activity, a 5-star "
         "rating skew, ~90-word texts and day-granular 2004-2014 times; ~0.1% of lines are bad or duplicated "
         "so that prepare's quarantine is exercised. Deterministic for a seed.",
         epilog="example: python benchmarks/synth_reviews.py --reviews 1M --out benchmarks/data/synth_1M.json",

@@ -26,8 +26,8 @@ done
 
 cd "$(dirname "$0")/.."
 command -v "$python" >/dev/null || python="python3"
-"$python" -c 'import sys; assert sys.version_info[:2] == (3, 11), sys.version' \
-  || { echo "install.sh: Python 3.11 is required (try --python)" >&2; exit 2; }
+"$python" -c 'import sys; assert sys.version_info >= (3, 11), sys.version' \
+  || { echo "install.sh: Python 3.11 or newer is required (3.11 is the verified one; try --python)" >&2; exit 2; }
 
 if [[ ",$extras," == *",spark,"* || ",$extras," == *",cpu,"* ]] && ! java -version >/dev/null 2>&1; then
   if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then

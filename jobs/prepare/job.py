@@ -289,11 +289,11 @@ def _accounting(
     out: dict[str, Any] = {
         "quarantine_by_reason": by_reason,
         "empty_text_reviews": final.filter("empty_text").count(),
-        "users": rows["interactions"] and final.select("user_id").distinct().count(),
+        "users": counts["split"].get("test", 0),  # exactly one test interaction per user
         "items": rows["items"],
         "accounting": f"{counts['input_lines']} lines = {rows['reviews']} reviews + {review_q} quarantined",
     }
     if "metadata_lines" in counts:
         meta_q = sum(n for k, n in by_reason.items() if k.startswith("metadata."))
-        out["metadata_records_used"] = counts["metadata_lines"] - meta_q
+        out["metadata_records_valid"] = counts["metadata_lines"] - meta_q
     return out
