@@ -44,16 +44,32 @@ class ReviewFields:
 
 REVIEW_FIELDS: dict[str, ReviewFields] = {
     "amazon2014": ReviewFields(
-        user_id="reviewerID", item_id="asin", rating="overall", timestamp="unixReviewTime",
-        text="reviewText", title="summary", timestamp_unit="s",
+        user_id="reviewerID",
+        item_id="asin",
+        rating="overall",
+        timestamp="unixReviewTime",
+        text="reviewText",
+        title="summary",
+        timestamp_unit="s",
     ),
     "amazon2023": ReviewFields(
-        user_id="user_id", item_id="parent_asin", item_fallback="asin", rating="rating",
-        timestamp="timestamp", text="text", title="title", timestamp_unit="ms",
+        user_id="user_id",
+        item_id="parent_asin",
+        item_fallback="asin",
+        rating="rating",
+        timestamp="timestamp",
+        text="text",
+        title="title",
+        timestamp_unit="ms",
     ),
     "yelp": ReviewFields(
-        user_id="user_id", item_id="business_id", rating="stars", timestamp="date", text="text",
-        review_id="review_id", timestamp_unit="iso",
+        user_id="user_id",
+        item_id="business_id",
+        rating="stars",
+        timestamp="date",
+        text="text",
+        review_id="review_id",
+        timestamp_unit="iso",
     ),
 }
 
@@ -62,8 +78,14 @@ def generic_fields(cfg: Config) -> ReviewFields:
     cols = cfg.data.columns
     assert cols is not None  # validated by DataConfig
     return ReviewFields(
-        user_id=cols.user_id, item_id=cols.item_id, rating=cols.rating, timestamp=cols.timestamp,
-        text=cols.text, title=cols.title, review_id=cols.review_id, timestamp_unit=cfg.data.timestamp_unit,
+        user_id=cols.user_id,
+        item_id=cols.item_id,
+        rating=cols.rating,
+        timestamp=cols.timestamp,
+        text=cols.text,
+        title=cols.title,
+        review_id=cols.review_id,
+        timestamp_unit=cfg.data.timestamp_unit,
     )
 
 
@@ -88,15 +110,26 @@ def read_reviews(spark: SparkSession, cfg: Config, path: str) -> DataFrame:
 
 def _json_rows(spark: SparkSession, path: str, names: list[str]) -> DataFrame:
     """Text lines parsed as JSON objects: ``f`` holds each named field as a string (raw JSON text)."""
-    schema = T.StructType([T.StructField(n, T.StringType()) for n in names] + [T.StructField(_CORRUPT, T.StringType())])
-    lines = text_lines(spark, path)
-    return lines.select(
+    return parsed_lines(spark, path, {n: T.StringType() for n in names}, "f")
+
+
+def parsed_lines(spark: SparkSession, path: str, fields: dict[str, T.DataType], alias: str) -> DataFrame:
+    """Numbered lines with ``raw``, ``_utf8``, the parsed struct ``alias`` and ``_malformed``.
+
+    A line is malformed when it is not one JSON object: unparseable, blank, an array, or an object
+    followed by anything else (``{..} trailing``, ``{..}{..}``: the parser would silently drop the rest).
+    """
+    schema = T.StructType([T.StructField(n, t) for n, t in fields.items()] + [T.StructField(_CORRUPT, T.StringType())])
+    parsed = text_lines(spark, path).select(
         "source_file",
         "source_line",
         F.make_valid_utf8("value").alias("raw"),
         F.is_valid_utf8("value").alias("_utf8"),
-        F.from_json("value", schema, {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": _CORRUPT}).alias("f"),
-    ).withColumn("_malformed", F.col("f").isNull() | F.col(f"f.{_CORRUPT}").isNotNull())  # null: a blank line
+        F.from_json("value", schema, {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": _CORRUPT}).alias(alias),
+    )
+    one_object = F.col("raw").rlike(r"^\s*\{.*\}\s*$") & ~F.col("raw").rlike(r"\}\s*\{")
+    bad = F.col(alias).isNull() | F.col(f"{alias}.{_CORRUPT}").isNotNull() | ~one_object
+    return parsed.withColumn("_malformed", bad)
 
 
 def _csv_rows(spark: SparkSession, path: str, fields: ReviewFields) -> DataFrame:
@@ -104,7 +137,9 @@ def _csv_rows(spark: SparkSession, path: str, fields: ReviewFields) -> DataFrame
     missing = [n for n in fields.source_names() if n not in header]
     if missing:
         raise ValueError(f"CSV file {path} has no column(s) {missing}; its header is {header}")
-    schema = T.StructType([T.StructField(n, T.StringType()) for n in header] + [T.StructField(_CORRUPT, T.StringType())])
+    schema = T.StructType(
+        [T.StructField(n, T.StringType()) for n in header] + [T.StructField(_CORRUPT, T.StringType())]
+    )
     df = (
         spark.read.option("header", True)
         .option("multiLine", True)
@@ -146,9 +181,9 @@ def _canonical_reviews(rows: DataFrame, fields: ReviewFields, cfg: Config) -> Da
     f = lambda name: F.col(f"f.`{name}`")  # noqa: E731
     item = f(fields.item_id)
     if fields.item_fallback:
-        item = F.coalesce(F.nullif(F.trim(item), F.lit("")), f(fields.item_fallback))
-    user_id = F.trim(f(fields.user_id))
-    item_id = F.trim(item)
+        item = F.coalesce(F.nullif(strip(item), F.lit("")), f(fields.item_fallback))
+    user_id = strip(f(fields.user_id))
+    item_id = strip(item)
     rating = f(fields.rating).try_cast("double")
     timestamp = _unix_seconds(f(fields.timestamp), fields.timestamp_unit)
     text = F.coalesce(f(fields.text), F.lit(""))
@@ -176,7 +211,10 @@ def _canonical_reviews(rows: DataFrame, fields: ReviewFields, cfg: Config) -> Da
         (_bad_id("user_id"), "missing_user_id", F.concat(F.lit("user id: "), F.coalesce("user_id", F.lit("null")))),
         (_bad_id("item_id"), "missing_item_id", F.concat(F.lit("item id: "), F.coalesce("item_id", F.lit("null")))),
         (
-            F.col("rating").isNull() | F.isnan("rating") | (F.col("rating") < p.min_rating) | (F.col("rating") > p.max_rating),
+            F.col("rating").isNull()
+            | F.isnan("rating")
+            | (F.col("rating") < p.min_rating)
+            | (F.col("rating") > p.max_rating),
             "invalid_rating",
             F.concat(F.lit("rating: "), F.coalesce("_rating_raw", F.lit("null"))),
         ),
@@ -193,10 +231,12 @@ def _canonical_reviews(rows: DataFrame, fields: ReviewFields, cfg: Config) -> Da
         reason = F.when(cond, F.lit(name)).otherwise(reason)
         detail = F.when(cond, why).otherwise(detail)
     review_id = F.coalesce(
-        F.nullif(F.trim("_source_review_id"), F.lit("")),
+        F.nullif(strip("_source_review_id"), F.lit("")),
         F.concat(
             F.lit("r"),
-            F.substring(F.sha2(F.concat_ws("\u001f", "user_id", "item_id", F.col("timestamp").cast("string")), 256), 1, 16),
+            F.substring(
+                F.sha2(F.concat_ws("\u001f", "user_id", "item_id", F.col("timestamp").cast("string")), 256), 1, 16
+            ),
         ),
     )
     return canon.select(
@@ -212,8 +252,13 @@ def _canonical_reviews(rows: DataFrame, fields: ReviewFields, cfg: Config) -> Da
         "timestamp",
         "title",
         "text",
-        (F.length(F.trim("text")) == 0).alias("empty_text"),
+        (~F.col("text").rlike(r"\S")).alias("empty_text"),
     )
+
+
+def strip(col: Column | str) -> Column:
+    """Remove leading and trailing whitespace of any kind (Spark's trim() strips spaces only)."""
+    return F.regexp_replace(col, r"^\s+|\s+$", "")
 
 
 def _bad_id(name: str) -> Column:
@@ -228,8 +273,8 @@ def _structured(name: str) -> Column:
 
 def _unix_seconds(raw: Column, unit: TimeUnit) -> Column:
     if unit == "iso":
-        return F.unix_seconds(F.try_to_timestamp(F.trim(raw)))
-    number = F.trim(raw).try_cast("double")
+        return F.unix_seconds(F.try_to_timestamp(strip(raw)))
+    number = strip(raw).try_cast("double")
     if unit == "ms":
         number = number / 1000.0
     return F.when(F.isnan(number), None).otherwise(F.floor(number)).try_cast("long")
@@ -248,48 +293,80 @@ def read_metadata(spark: SparkSession, cfg: Config, path: str) -> DataFrame:
     if fmt == "amazon2014":  # Python-literal lines: single quotes are accepted by the JSON reader
         fields = {"asin": s, "title": s, "description": s, "categories": arr2, "brand": s, "price": s}
     elif fmt == "amazon2023":
-        fields = {"parent_asin": s, "title": s, "description": arr, "features": arr, "categories": arr,
-                  "main_category": s, "store": s, "price": s, "details": s}
+        fields = {
+            "parent_asin": s,
+            "title": s,
+            "description": arr,
+            "features": arr,
+            "categories": arr,
+            "main_category": s,
+            "store": s,
+            "price": s,
+            "details": s,
+        }
     elif fmt == "yelp":
-        fields = {"business_id": s, "name": s, "city": s, "state": s, "categories": s,
-                  "attributes": T.MapType(s, s), "stars": s, "review_count": s}
+        fields = {
+            "business_id": s,
+            "name": s,
+            "city": s,
+            "state": s,
+            "categories": s,
+            "attributes": T.MapType(s, s),
+            "stars": s,
+            "review_count": s,
+        }
     else:
         raise ValueError(f"format {fmt} has no metadata reader")
-    schema = T.StructType([T.StructField(n, t) for n, t in fields.items()] + [T.StructField(_CORRUPT, s)])
-    lines = text_lines(spark, path)
-    parsed = lines.select(
-        "source_file",
-        "source_line",
-        F.make_valid_utf8("value").alias("raw"),
-        F.is_valid_utf8("value").alias("_utf8"),
-        F.from_json("value", schema, {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": _CORRUPT}).alias("m"),
-    )
+    parsed = parsed_lines(spark, path, fields, "m")
     m = lambda name: F.col(f"m.{name}")  # noqa: E731
     payload = F.to_json(F.struct(*[m(n).alias(n) for n in fields]))
     if fmt == "amazon2014":
         paths = F.array_distinct(F.flatten(m("categories")))  # category paths share their top levels
         cols = [m("asin"), m("title"), m("description"), paths, m("brand"), F.lit(None)]
     elif fmt == "amazon2023":
-        desc = F.array_join(F.concat(F.coalesce(m("features"), F.array()), F.coalesce(m("description"), F.array())), "\n")
-        cols = [m("parent_asin"), m("title"), F.nullif(desc, F.lit("")), m("categories"),
-                m("store"), F.lit(None)]
+        desc = F.array_join(
+            F.concat(F.coalesce(m("features"), F.array()), F.coalesce(m("description"), F.array())), "\n"
+        )
+        cols = [m("parent_asin"), m("title"), F.nullif(desc, F.lit("")), m("categories"), m("store"), F.lit(None)]
     else:
-        cats = F.transform(F.split(m("categories"), ","), lambda x: F.trim(x))
-        cols = [m("business_id"), m("name"), F.lit(None), F.when(m("categories").isNotNull(), cats),
-                F.lit(None), m("city")]
-    named = [c.cast(t).alias(n) for c, n, t in zip(
-        cols, METADATA_COLUMNS[:-1], ["string", "string", "string", "array<string>", "string", "string"], strict=True
-    )]
-    out = parsed.select("source_file", "source_line", "raw", "_utf8", F.col("m").alias("_parsed"),
-                        m(_CORRUPT).alias("_corrupt"), *named, payload.alias("metadata_json"))
-    out = out.withColumn("item_id", F.trim("item_id"))
+        cats = F.transform(F.split(m("categories"), ","), strip)
+        cols = [
+            m("business_id"),
+            m("name"),
+            F.lit(None),
+            F.when(m("categories").isNotNull(), cats),
+            F.lit(None),
+            m("city"),
+        ]
+    named = [
+        c.cast(t).alias(n)
+        for c, n, t in zip(
+            cols,
+            METADATA_COLUMNS[:-1],
+            ["string", "string", "string", "array<string>", "string", "string"],
+            strict=True,
+        )
+    ]
+    out = parsed.select(
+        "source_file",
+        "source_line",
+        "raw",
+        "_utf8",
+        "_malformed",
+        *named,
+        payload.alias("metadata_json"),
+    )
+    out = out.withColumn("item_id", strip("item_id"))
     reason = (
         F.when(~F.col("_utf8"), "invalid_utf8")
-        .when(F.col("_parsed").isNull() | F.col("_corrupt").isNotNull(), "malformed")
+        .when(F.col("_malformed"), "malformed")
         .when(_bad_id("item_id"), "missing_item_id")
     )
     return out.select(
-        "source_file", "source_line", "raw", reason.alias("reason"),
+        "source_file",
+        "source_line",
+        "raw",
+        reason.alias("reason"),
         F.when(reason.isNotNull(), F.lit("metadata record rejected")).alias("detail"),
         *METADATA_COLUMNS,
     )

@@ -12,6 +12,7 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from persona4rec.config import SamplesConfig
+from persona4rec.jobs.prepare.readers import strip
 
 
 def bit_reversed(index: Column, bits: Column) -> Column:
@@ -22,7 +23,7 @@ def bit_reversed(index: Column, bits: Column) -> Column:
 
 def review_samples(train_reviews: DataFrame, cfg: SamplesConfig) -> DataFrame:
     """At most ``cfg.max_per_item`` training reviews with text per item (columns of REVIEW_SAMPLES)."""
-    eligible = train_reviews.filter(F.length(F.trim("text")) >= cfg.min_text_chars)
+    eligible = train_reviews.filter(~F.col("empty_text") & (F.length(strip("text")) >= cfg.min_text_chars))
     bucket = Window.partitionBy("item_id", "rating")
     in_time = bucket.orderBy("timestamp", "review_id")
     df = (
