@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-CHUNK = 250_000  # reviews built and written at a time
+CHUNK = 100_000  # reviews built and written at a time
 RATINGS = np.array([5, 4, 3, 2, 1])
 RATING_P = np.array([0.68, 0.20, 0.075, 0.025, 0.02])
 FIRST_DAY = datetime(2004, 1, 1, tzinfo=UTC)
@@ -33,29 +33,30 @@ N_DAYS = (datetime(2014, 7, 23, tzinfo=UTC) - FIRST_DAY).days
 GROWTH = 6.0  # reviews per day grow ~e^6 (x400) over the ten years, like Amazon's
 POOL_WORDS = 1_000_000  # length of the word stream texts are cut from
 
-VOCAB = """
-the a and to it i is this for of my with that on you but in not was have as so are be very
-one they if just great good sound guitar strings pedal amp cable mic stand tuner price quality
-use well works work would can like all get or had at when from out up an more than no really
-much will easy well made nice little bit don't recommend product buy bought used using play
-playing sounds tone better also only about other after them which what these there time love
-fine need needs set does do did clean case music studio stage gig bass acoustic electric neck
-fret frets string pick picks volume noise hum cheap expensive worth money back loud quiet strap
-capo knob jack plug battery power supply solid light heavy easy hard long short years months
-first last new old price perfect excellent problem problems issue issues ever never still
-definitely instrument recording microphone adjustable comfortable replacement professional performance
-connection everything something beginner keyboard headphones distortion overdrive tremolo sustain
-intonation fretboard adapter shipping packaging purchase durable sturdy recommended Amazon Fender
-Gibson Yamaha Martin Ernie Ball D'Addario Boss Shure Planet Waves Snark Dunlop Elixir tuning
-tightening electronics feedback amplifier headstock bridge saddle pickups humbucker single coil
-construction accessories reasonable unfortunately absolutely especially interference frequencies
-""".split()
+_VOCAB_TEXT = """
+the a and to it i is this for of my with that on you but in not was have as so are be very one they if
+just great good sound guitar strings pedal amp cable mic stand tuner price quality use well works work
+would can like all get or had at when from out up an more than no really much will easy well made nice
+little bit don't recommend product buy bought used using play playing sounds tone better also only about
+other after them which what these there time love fine need needs set does do did clean case music
+studio stage gig bass acoustic electric neck fret frets string pick picks volume noise hum cheap
+expensive worth money back loud quiet strap capo knob jack plug battery power supply solid light heavy
+easy hard long short years months first last new old price perfect excellent problem problems issue
+issues ever never still definitely instrument recording microphone adjustable comfortable replacement
+professional performance connection everything something beginner keyboard headphones distortion
+overdrive tremolo sustain intonation fretboard adapter shipping packaging purchase durable sturdy
+recommended Amazon Fender Gibson Yamaha Martin Ernie Ball D'Addario Boss Shure Planet Waves Snark Dunlop
+Elixir tuning tightening electronics feedback amplifier headstock bridge saddle pickups humbucker single
+coil construction accessories reasonable unfortunately absolutely especially interference frequencies
+"""
+VOCAB = _VOCAB_TEXT.split()
 
-FIRST_NAMES = """
+_NAMES_TEXT = """
 James Mary John Patricia Robert Jennifer Michael Linda William Elizabeth David Barbara Richard Susan
 Joseph Jessica Thomas Sarah Charles Karen Chris Nancy Daniel Lisa Matthew Betty Anthony Sandra Mark
 Ashley Paul Kimberly Steven Donna Andrew Emily Kenneth Michelle Joshua Carol Kevin Amanda Brian Melissa
-""".split()
+"""
+FIRST_NAMES = _NAMES_TEXT.split()
 
 BAD_RATINGS = ["0.0", "6.0", '"five"', "null"]
 BAD_KINDS = ("truncated", "bad_rating", "missing_user", "missing_item")
@@ -165,8 +166,22 @@ def write_corpus(
         for c, lo in enumerate(range(0, n, CHUNK)):
             crng = np.random.default_rng([seed, c])
             hi = min(n, lo + CHUNK)
-            lines = _chunk_lines(crng, user[lo:hi], item[lo:hi], user_ids, item_ids, names, pool, starts,
-                                 days, ratings, day0, bad_fraction, dup_fraction, made)
+            lines = _chunk_lines(
+                crng,
+                user[lo:hi],
+                item[lo:hi],
+                user_ids,
+                item_ids,
+                names,
+                pool,
+                starts,
+                days,
+                ratings,
+                day0,
+                bad_fraction,
+                dup_fraction,
+                made,
+            )
             fh.write("\n".join(lines))
             fh.write("\n")
     return made
@@ -225,8 +240,18 @@ def _chunk_lines(
         f'"reviewText": "{pool[a:b]}", "overall": {r}, "summary": "{pool[c:d]}", '
         f'"unixReviewTime": {day0 + 86400 * dd}, "reviewTime": "{days[dd]}"}}'
         for u, i, un, hu, ht, a, b, r, c, d, dd in zip(
-            u_json, i_json, user.tolist(), up.tolist(), total.tolist(), text_lo.tolist(), text_hi.tolist(),
-            r_json, title_lo.tolist(), title_hi.tolist(), day.tolist(), strict=True,
+            u_json,
+            i_json,
+            user.tolist(),
+            up.tolist(),
+            total.tolist(),
+            text_lo.tolist(),
+            text_hi.tolist(),
+            r_json,
+            title_lo.tolist(),
+            title_hi.tolist(),
+            day.tolist(),
+            strict=True,
         )
     ]
     for row in truncate:
@@ -252,30 +277,54 @@ def main(argv: list[str] | None = None) -> None:
         "so that prepare's quarantine is exercised. Deterministic for a seed.",
         epilog="example: python benchmarks/synth_reviews.py --reviews 1M --out benchmarks/data/synth_1M.json",
     )
-    parser.add_argument("--reviews", type=parse_count, required=True, metavar="N",
-                        help="number of lines to write: an integer or 100k, 1M, 5M ...")
-    parser.add_argument("--out", type=Path, required=True, metavar="FILE",
-                        help="output file (plain JSON lines; .json so prepare reads it as Amazon 2014)")
+    parser.add_argument(
+        "--reviews",
+        type=parse_count,
+        required=True,
+        metavar="N",
+        help="number of lines to write: an integer or 100k, 1M, 5M ...",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="output file (plain JSON lines; .json so prepare reads it as Amazon 2014)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--users-per-review", type=float, default=0.25,
-                        help="distinct users as a share of reviews (default 0.25)")
-    parser.add_argument("--items-per-review", type=float, default=0.05,
-                        help="distinct items as a share of reviews (default 0.05)")
-    parser.add_argument("--bad-fraction", type=float, default=0.001,
-                        help="share of deliberately bad lines (default 0.001)")
-    parser.add_argument("--dup-fraction", type=float, default=0.0005,
-                        help="share of lines that repeat an earlier line exactly (default 0.0005)")
+    parser.add_argument(
+        "--users-per-review", type=float, default=0.25, help="distinct users as a share of reviews (default 0.25)"
+    )
+    parser.add_argument(
+        "--items-per-review", type=float, default=0.05, help="distinct items as a share of reviews (default 0.05)"
+    )
+    parser.add_argument(
+        "--bad-fraction", type=float, default=0.001, help="share of deliberately bad lines (default 0.001)"
+    )
+    parser.add_argument(
+        "--dup-fraction",
+        type=float,
+        default=0.0005,
+        help="share of lines that repeat an earlier line exactly (default 0.0005)",
+    )
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
     made = write_corpus(
-        args.out, args.reviews, seed=args.seed, users_per_review=args.users_per_review,
-        items_per_review=args.items_per_review, bad_fraction=args.bad_fraction, dup_fraction=args.dup_fraction,
+        args.out,
+        args.reviews,
+        seed=args.seed,
+        users_per_review=args.users_per_review,
+        items_per_review=args.items_per_review,
+        bad_fraction=args.bad_fraction,
+        dup_fraction=args.dup_fraction,
     )
     elapsed = time.perf_counter() - start
     size = args.out.stat().st_size
-    print(f"wrote {args.out}: {args.reviews:,} lines, {size / 1e6:,.1f} MB in {elapsed:.1f} s "
-          f"({args.reviews / elapsed:,.0f} lines/s)")
+    print(
+        f"wrote {args.out}: {args.reviews:,} lines, {size / 1e6:,.1f} MB in {elapsed:.1f} s "
+        f"({args.reviews / elapsed:,.0f} lines/s)"
+    )
     print("deliberate damage: " + ", ".join(f"{k} {v:,}" for k, v in made.items()))
 
 
