@@ -122,6 +122,9 @@ class PrepareConfig(_Section):
     """Cleaning, filtering and splitting of the review corpus."""
 
     k_core: int = Field(5, ge=3, description="Every user and item keeps at least k interactions (>= 3 for LOO).")
+    k_core_driver_max_pairs: int = Field(
+        20_000_000, ge=0, description="Run the k-core in numpy on the driver up to this many pairs, else on Spark."
+    )
     min_rating: float = 1.0
     max_rating: float = 5.0
     min_timestamp: int = Field(

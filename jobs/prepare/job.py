@@ -52,7 +52,8 @@ def stage_config(cfg: Config) -> dict[str, Any]:
         "reviews": cfg.data.reviews.filename,
         "metadata": cfg.data.metadata.filename if cfg.data.metadata else None,
     }
-    return {"data": data, "prepare": cfg.prepare.model_dump(mode="json")}
+    prepare = cfg.prepare.model_dump(mode="json", exclude={"k_core_driver_max_pairs"})  # where, not what
+    return {"data": data, "prepare": prepare}
 
 
 def run(cfg: Config, *, spark: SparkSession | None = None, force: bool = False, progress: bool = True) -> PrepareResult:
@@ -128,9 +129,18 @@ def _build(spark: SparkSession, cfg: Config, files: list, out: Path, manifest: M
     bar.update()
 
     with step("k-core"):
-        survivors, passes = k_core(kept, cfg.prepare.k_core)
-        final = kept.join(survivors, ["user_id", "item_id"], "left_semi").persist()
-        below = kept.join(survivors, ["user_id", "item_id"], "left_anti")
+        core_users, core_items, passes = k_core(
+            kept,
+            cfg.prepare.k_core,
+            n_pairs=counts["valid_after_clean"],
+            driver_max_pairs=cfg.prepare.k_core_driver_max_pairs,
+        )
+        flagged = kept.join(core_users.withColumn("_u", F.lit(True)), "user_id", "left").join(
+            core_items.withColumn("_i", F.lit(True)), "item_id", "left"
+        )
+        in_core = F.col("_u").isNotNull() & F.col("_i").isNotNull()
+        final = flagged.filter(in_core).drop("_u", "_i").persist()
+        below = flagged.filter(~in_core).drop("_u", "_i")
         counts["k_core"] = {"k": cfg.prepare.k_core, "passes": passes}
         counts["reviews"] = final.count()
     bar.update()
@@ -145,10 +155,12 @@ def _build(spark: SparkSession, cfg: Config, files: list, out: Path, manifest: M
         train_ids = interactions.filter(F.col("split") == "train").select("review_id")
         train_reviews = final.join(train_ids, "review_id", "left_semi")
         samples = review_samples(train_reviews, cfg.prepare.samples).persist()
+        samples.count()  # materialise here, so the step's timing is its own
     bar.update()
 
     with step("items"):
-        items = _items(interactions, train_reviews, samples, meta)
+        items = _items(interactions, train_reviews, samples, meta).persist()
+        items.count()
     bar.update()
 
     quarantine = _quarantine(invalid, dups, item_removed, below, meta_bad, meta_dups)

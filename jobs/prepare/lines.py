@@ -13,13 +13,13 @@ def numbered(df: DataFrame) -> DataFrame:
 
     A partition reads contiguous, ordered runs of one or more files, so a row's line number is its
     rank within its (file, partition) run plus the rows of the same file in earlier partitions. Costs
-    one small aggregation, not a shuffle of the data.
+    one small aggregation over a second scan of the input, not a shuffle of the data.
     """
     tagged = df.select(
         "*",
         F.col("_metadata.file_name").alias("source_file"),
         F.monotonically_increasing_id().alias("_mid"),
-    ).persist()
+    )  # not cached: a file scan yields the same partitions and ids each time it is read
     runs = (
         tagged.groupBy("source_file", F.shiftright("_mid", _ROW_BITS).alias("_part"))
         .agg(F.count("*").alias("_n"), F.min("_mid").alias("_first"))
