@@ -22,7 +22,7 @@ import persona4rec
 from persona4rec import schemas
 from persona4rec.artifacts import Manifest, StageStore, Timer, fingerprint
 from persona4rec.config import Config
-from persona4rec.datasets import checked_inputs, resolve_files
+from persona4rec.datasets import ResolvedFile, checked_inputs, resolve_files
 from persona4rec.infra.spark import conform, spark_session
 from persona4rec.jobs.prepare import clean, readers
 from persona4rec.jobs.prepare.kcore import k_core
@@ -95,7 +95,9 @@ def run(cfg: Config, *, spark: SparkSession | None = None, force: bool = False, 
     return PrepareResult(folder, manifest, skipped=False)
 
 
-def _build(spark: SparkSession, cfg: Config, files: list, out: Path, manifest: Manifest, progress: bool) -> None:
+def _build(
+    spark: SparkSession, cfg: Config, files: list[ResolvedFile], out: Path, manifest: Manifest, progress: bool
+) -> None:
     timer = Timer()
     bar = tqdm(total=len(_STEPS), desc="prepare", unit="step", disable=not progress)
 
