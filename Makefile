@@ -16,7 +16,7 @@ comma    := ,
 help:
 	@sed -n '1,4p' Makefile | sed 's/^# \{0,1\}//'
 	@echo "  make lint   ruff over the code"
-	@echo "  make bench  benchmarks/prepare.py (writes a table; minutes)"
+	@echo "  make bench  benchmarks/prepare.py: prepare throughput up to 5M reviews (a table; ~10 minutes)"
 	@echo "  make clean  remove artifacts/ (not the virtualenv)"
 	@echo "Variables: VENV=$(VENV) EXTRAS=$(EXTRAS) DATASET=$(DATASET) DATA=$(DATA)"
 
@@ -42,7 +42,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 
 bench: install
-	$(VENV)/bin/python benchmarks/prepare.py
+	$(VENV)/bin/python benchmarks/prepare.py --sizes 100k,1M,5M --driver-memory 12g --shuffle-partitions 32
 
 clean:
 	rm -rf artifacts

@@ -154,8 +154,10 @@ def _build(
     bar.update()
 
     with step("samples"):
-        train_ids = interactions.filter(F.col("split") == "train").select("review_id")
-        train_reviews = final.join(train_ids, "review_id", "left_semi")
+        # anti-join with the held-out ids (2 per user) rather than a semi-join with the training ids:
+        # the small side can be broadcast, so the review texts are not shuffled for it
+        held_out = interactions.filter(F.col("split") != "train").select("review_id")
+        train_reviews = final.join(held_out, "review_id", "left_anti")
         samples = review_samples(train_reviews, cfg.prepare.samples).persist()
         samples.count()  # materialise here, so the step's timing is its own
     bar.update()

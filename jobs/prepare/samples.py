@@ -24,6 +24,7 @@ def bit_reversed(index: Column, bits: Column) -> Column:
 def review_samples(train_reviews: DataFrame, cfg: SamplesConfig) -> DataFrame:
     """At most ``cfg.max_per_item`` training reviews with text per item (columns of REVIEW_SAMPLES)."""
     eligible = train_reviews.filter(~F.col("empty_text") & (F.length(strip("text")) >= cfg.min_text_chars))
+    eligible = eligible.repartition("item_id")  # one shuffle serves both windows (per bucket, per item)
     bucket = Window.partitionBy("item_id", "rating")
     in_time = bucket.orderBy("timestamp", "review_id")
     df = (
