@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -38,7 +39,12 @@ def spark_session(cfg: SparkConfig) -> SparkSession:
         .config("spark.sql.ansi.enabled", "true")
     )
     if cfg.master.startswith("local"):
-        builder = builder.config("spark.ui.enabled", "false").config("spark.driver.bindAddress", "127.0.0.1")
+        log4j = Path(__file__).with_name("log4j2.properties")
+        builder = (
+            builder.config("spark.ui.enabled", "false")
+            .config("spark.driver.bindAddress", "127.0.0.1")
+            .config("spark.driver.extraJavaOptions", f"-Dlog4j.configurationFile={log4j.as_uri()}")
+        )
     for key, value in cfg.conf.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
