@@ -4,7 +4,7 @@
 # `make help` lists the rest.
 
 VENV     ?= .venv
-EXTRAS   ?= spark,dev
+EXTRAS   ?= cpu,dev
 DATASET  ?= amazon2014-musical-instruments
 # A local copy of the dataset; when the folder does not exist, `make run` downloads the data instead.
 DATA     ?= ../shared/data/amazon2014_musical_instruments_5core

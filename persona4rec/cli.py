@@ -22,8 +22,8 @@ from persona4rec.errors import Persona4RecError, StageUnavailable
 #: Stages in pipeline order. ``None``: not built yet (the issue that brings it).
 PIPELINE: tuple[tuple[str, str | None], ...] = (
     ("prepare", None),
-    ("reason", "issue #3 (LLM persona reasoning)"),
-    ("align", "issue #3 (persona labels for training interactions)"),
+    ("reason", None),
+    ("align", None),
     ("embed", "issue #4 (embeddings on Ray)"),
     ("train", "issue #4 (encoder training on Ray Train)"),
     ("index", "issue #5 (persona index in Milvus)"),
@@ -85,8 +85,8 @@ def main() -> None:
     \b
     The pipeline, stage by stage (each writes versioned tables under paths.artifacts):
       prepare     Spark: raw reviews -> cleaned corpus, leave-one-out split, LLM review samples
-      reason      Ray + LLM: item summaries and personas           (not yet available)
-      align       persona labels for training interactions          (not yet available)
+      reason      Ray + LLM: item summaries and personas, cached by content hash
+      align       positive-persona labels for training interactions (evidence or LLM judge)
       embed       Ray: persona and interaction embeddings           (not yet available)
       train       Ray Train: the alignment encoder, into MLflow     (not yet available)
       index       Milvus: the persona-profiled item index           (not yet available)
@@ -172,7 +172,108 @@ def prepare(loaded: LoadedConfig, force: bool, quiet: bool) -> None:
     _prepare(loaded, force=force, quiet=quiet)
 
 
-STAGES: dict[str, Callable[..., None]] = {"prepare": _prepare}
+# ------------------------------------------------------------------------------------------ reason
+
+
+def _llm_stage_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    func = click.option("-q", "--quiet", is_flag=True, help="No progress bars.")(func)
+    func = click.option(
+        "--retry-failed", is_flag=True, help="Redo units recorded as failed (by default they are kept as failed)."
+    )(func)
+    func = click.option("--force", is_flag=True, help="Republish even when the output is up to date (cache reused).")(
+        func
+    )
+    return func
+
+
+def _cost_lines(counts: dict[str, Any]) -> None:
+    for kind, s in counts.get("spent_this_run", {}).items():
+        click.echo(
+            f"  this run, {kind}: {s['units']:,} units ({s['failed']:,} failed), {s['calls']:,} LLM calls, "
+            f"{s['prompt_tokens']:,} prompt + {s['completion_tokens']:,} generated tokens"
+        )
+    if not counts.get("spent_this_run"):
+        click.echo("  this run: every answer came from the cache (no LLM call)")
+
+
+def _reason(loaded: LoadedConfig, *, force: bool, quiet: bool, retry_failed: bool = False) -> None:
+    from persona4rec.jobs.reason.job import run as reason_run
+
+    result = reason_run(loaded.config, force=force, retry_failed=retry_failed, progress=not quiet)
+    if result.skipped:
+        click.echo(f"reason: up to date, nothing to do ({result.folder})")
+        return
+    c = result.manifest.counts
+    click.echo(f"reason: wrote {result.folder}")
+    click.echo(
+        f"  items {c['items']:,}: {c['items_ok']:,} ok, {c['items_failed']:,} failed  "
+        f"personas {c['personas']:,} ({c['personas_per_ok_item']} per item)"
+    )
+    for reason, n in c["failures_by_reason"].items():
+        click.echo(f"    failed: {reason:<24} {n:>8,}")
+    click.echo(f"  whole output: {c['llm_calls_per_item']} LLM calls and {c['tokens_per_item']} tokens per item")
+    _cost_lines(c)
+
+
+@main.command()
+@config_options
+@_llm_stage_options
+def reason(loaded: LoadedConfig, force: bool, retry_failed: bool, quiet: bool) -> None:
+    """Write item summaries and personas with an LLM, on a Ray actor pool.
+
+    \b
+    Reads prepare's items and review samples. reason.mode=efficient (default) spends one LLM call
+    per item: a summary plus 2-7 personas (name, description, rationale), each citing the reviews it
+    rests on. reason.mode=paper follows the paper: a summary call, one aspect call per review, then
+    a persona call over the aspects. Answers are schema-constrained and validated; an invalid one is
+    retried (reason.max_attempts) and then recorded as failed with its reason, never left empty.
+
+    \b
+    Every answer is cached by content hash as soon as its batch finishes: a rerun skips done work,
+    a killed run resumes, and only items whose reviews, prompts or model changed are redone.
+
+    \b
+    Engines (llm.engine): vllm (Ray actors; GPUs via reason.actors.num_gpus), llamacpp (GGUF on a
+    CPU), openai (any OpenAI-compatible endpoint at llm.openai.base_url).
+    Example on this CPU (offline models, see README):
+      p4r reason -c conf/experiments/offline-cpu.yaml reason.limit_items=20
+    """
+    _reason(loaded, force=force, quiet=quiet, retry_failed=retry_failed)
+
+
+def _align(loaded: LoadedConfig, *, force: bool, quiet: bool, retry_failed: bool = False) -> None:
+    from persona4rec.jobs.align.job import run as align_run
+
+    result = align_run(loaded.config, force=force, retry_failed=retry_failed, progress=not quiet)
+    if result.skipped:
+        click.echo(f"align: up to date, nothing to do ({result.folder})")
+        return
+    c = result.manifest.counts
+    click.echo(f"align: wrote {result.folder}")
+    click.echo(
+        f"  {c['labels']:,} labels for {c['train_interactions']:,} training interactions (coverage {c['coverage']:.1%})"
+    )
+    for reason, n in c["unlabelled_by_reason"].items():
+        click.echo(f"    {reason:<24} {n:>8,}")
+    if "llm" in c:
+        _cost_lines(c)
+
+
+@main.command()
+@config_options
+@_llm_stage_options
+def align(loaded: LoadedConfig, force: bool, retry_failed: bool, quiet: bool) -> None:
+    """Label training interactions with their positive persona (the encoder's training data).
+
+    \b
+    efficient mode: the persona of the item that cites the user's own review (no LLM call).
+    paper mode: an LLM judge reads the user's earlier history (strictly before the interaction) and
+    picks the best-fitting persona of the item. Only training interactions are labelled.
+    """
+    _align(loaded, force=force, quiet=quiet, retry_failed=retry_failed)
+
+
+STAGES: dict[str, Callable[..., None]] = {"prepare": _prepare, "reason": _reason, "align": _align}
 
 
 def _not_yet(name: str, pending: str) -> None:

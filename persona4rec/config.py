@@ -140,6 +140,119 @@ class PrepareConfig(_Section):
         return self
 
 
+# ------------------------------------------------------------------------------------------- ray
+
+
+class RayConfig(_Section):
+    """Where Ray jobs run: an embedded local Ray by default, any cluster by address."""
+
+    address: str | None = Field(None, description="Ray cluster address (ray://host:10001 or 'auto'); null: local.")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of the embedded local Ray (null: all).")
+
+
+# ------------------------------------------------------------------------------------------- llm
+
+
+class VLLMOptions(_Section):
+    dtype: str = Field("auto", description="Weights dtype ('auto', 'bfloat16', 'float16', 'float32').")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs one engine spans.")
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
+    enforce_eager: bool = Field(True, description="Skip graph capture/compilation (faster start; required on CPU).")
+    cpu_kv_cache_gib: int = Field(2, ge=1, description="KV cache of the CPU build, in GiB.")
+
+
+class LlamaCppOptions(_Section):
+    filename: str | None = Field(
+        None, description="GGUF file inside a hub repository (glob allowed); unused when llm.model is a file."
+    )
+    n_threads: int | None = Field(None, ge=1, description="CPU threads (null: llama.cpp's default).")
+    n_gpu_layers: int = Field(0, ge=-1, description="Layers offloaded to a GPU (-1: all).")
+
+
+class OpenAIOptions(_Section):
+    base_url: str = Field("http://127.0.0.1:8000/v1", description="Any OpenAI-compatible endpoint.")
+    api_key_env: str = Field(
+        "OPENAI_API_KEY", description="Name of the environment variable holding the key (never the key itself)."
+    )
+    max_concurrency: int = Field(8, ge=1, description="Requests in flight at once.")
+    timeout_s: float = Field(120.0, gt=0, description="Per-request timeout.")
+    max_retries: int = Field(3, ge=0, description="Retries of a request that failed at the transport (429, 5xx).")
+
+
+class LLMConfig(_Section):
+    """One LLM engine behind one interface; which engine runs it is configuration."""
+
+    engine: Literal["vllm", "llamacpp", "openai"] = "vllm"
+    model: str = Field(
+        "Qwen/Qwen2.5-1.5B-Instruct",
+        description="Hub id or local path (vLLM: a Hugging Face folder; llama.cpp: a .gguf file or hub repo).",
+    )
+    max_model_len: int = Field(4096, ge=256, description="Context window (prompt + answer) in tokens.")
+    temperature: float = Field(0.0, ge=0)
+    seed: int = 0
+    vllm: VLLMOptions = VLLMOptions()
+    llamacpp: LlamaCppOptions = LlamaCppOptions()
+    openai: OpenAIOptions = OpenAIOptions()
+
+
+# ----------------------------------------------------------------------------------------- reason
+
+
+class ActorPoolConfig(_Section):
+    num_actors: int = Field(1, ge=1, description="LLM engine actors (one engine each).")
+    num_cpus: float = Field(1.0, gt=0, description="CPUs reserved per actor (fractional is fine).")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per actor; set to llm.vllm.tensor_parallel_size on GPUs.")
+    batch_size: int = Field(16, ge=1, description="Items handed to an actor at once (one engine batch).")
+
+
+class PersonaLimits(_Section):
+    min: int = Field(2, ge=1, description="Fewest personas for an item with two or more sampled reviews.")
+    max: int = Field(7, ge=1, description="Most personas per item.")
+    name_chars: int = Field(60, ge=10)
+    text_chars: int = Field(400, ge=40, description="Cap on description and rationale (schema maxLength).")
+
+
+class DedupConfig(_Section):
+    embedder: str = Field(
+        "sentence-transformers/all-MiniLM-L6-v2",
+        description="sentence-transformers model (hub id or local path) used to find near-duplicate personas.",
+    )
+    threshold: float = Field(0.92, gt=0, le=1, description="Cosine at or above which two personas are merged.")
+
+
+class ReasonConfig(_Section):
+    """Offline LLM reasoning: summaries and personas per item (and, in paper mode, per-review aspects)."""
+
+    mode: Literal["efficient", "paper"] = Field(
+        "efficient",
+        description="efficient: one call per item, labels from evidence; paper: aspects per review + judge.",
+    )
+    prompts: str = Field("v1", description="Prompt set under conf/prompts/ (versioned; part of every cache key).")
+    reviews_per_item: int = Field(8, ge=1, description="Prefix of the item's review sample shown to the LLM.")
+    review_chars: int = Field(600, ge=50, description="Each review is cut to this many characters.")
+    max_tokens: int = Field(1200, ge=64, description="Answer budget of a persona call.")
+    max_attempts: int = Field(3, ge=1, description="Tries per item before it is recorded as failed.")
+    limit_items: int | None = Field(None, ge=1, description="Reason over the first N items only (demos, smoke runs).")
+    personas: PersonaLimits = PersonaLimits()
+    dedup: DedupConfig = DedupConfig()
+    actors: ActorPoolConfig = ActorPoolConfig()
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ReasonConfig:
+        if self.personas.min > self.personas.max:
+            raise ValueError(f"personas.min ({self.personas.min}) > personas.max ({self.personas.max})")
+        return self
+
+
+class AlignConfig(_Section):
+    """Training labels: (user, item, positive persona) for training interactions only."""
+
+    history: int = Field(6, ge=1, description="Judge (paper mode): the user's most recent earlier reviews shown.")
+    judge_max_tokens: int = Field(300, ge=32)
+    max_attempts: int = Field(3, ge=1)
+    limit_interactions: int | None = Field(None, ge=1, description="Judge only the first N interactions (demos).")
+
+
 # ------------------------------------------------------------------------------------------- whole
 
 
@@ -155,6 +268,10 @@ class Config(_Section):
     paths: PathsConfig = PathsConfig()
     spark: SparkConfig = SparkConfig()
     prepare: PrepareConfig = PrepareConfig()
+    ray: RayConfig = RayConfig()
+    llm: LLMConfig = LLMConfig()
+    reason: ReasonConfig = ReasonConfig()
+    align: AlignConfig = AlignConfig()
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

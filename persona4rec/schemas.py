@@ -155,7 +155,105 @@ QUARANTINE = TableSchema(
     ),
 )
 
-TABLES: dict[str, TableSchema] = {t.name: t for t in (REVIEWS, ITEMS, INTERACTIONS, REVIEW_SAMPLES, QUARANTINE)}
+SUMMARIES = TableSchema(
+    name="summaries",
+    doc="One row per item: the LLM's objective summary (from metadata when present, else from reviews).",
+    key=("item_id",),
+    columns=(
+        _c("item_id", STR, "Item id."),
+        _c("summary", STR, "2-3 neutral sentences on what the item is; null when reasoning failed.", nullable=True),
+        _c("source", STR, "'metadata' or 'reviews': what the summary was written from."),
+    ),
+)
+
+PERSONAS = TableSchema(
+    name="personas",
+    doc=(
+        "Every persona of every item whose reasoning succeeded: an independent retrieval unit linked to its "
+        "item, grounded in the sampled reviews it cites."
+    ),
+    key=("persona_id",),
+    columns=(
+        _c(
+            "persona_id", STR, "Deterministic id: hash of the item's reasoning input (reviews, prompts, model) + index."
+        ),
+        _c("item_id", STR, "The item the persona belongs to."),
+        _c("persona_index", I64, "1-based position among the item's personas."),
+        _c("name", STR, "Short name of the persona."),
+        _c("description", STR, "Motivations, criteria and attitude towards the item."),
+        _c("rationale", STR, "Why this persona engages with the item, pointing at the evidence."),
+        _c("evidence", pa.list_(STR), "review_ids of the sampled training reviews the persona rests on."),
+        _c("merged_from", I64, "How many generated personas were merged into this one as near-duplicates."),
+        _c("prompt_version", STR, "Prompt set (conf/prompts/) that produced it."),
+        _c("model", STR, "LLM that produced it."),
+    ),
+)
+
+ITEM_STATUS = TableSchema(
+    name="item_status",
+    doc="One row per item: whether reasoning succeeded, why not, and what it cost. Failures are never silent.",
+    key=("item_id",),
+    columns=(
+        _c("item_id", STR, "Item id."),
+        _c("status", STR, "'ok' or 'failed'."),
+        _c("reason", STR, "For failures: the last rejection (reason code and detail).", nullable=True),
+        _c("n_reviews", I64, "Reviews shown to the LLM."),
+        _c("n_personas", I64, "Personas kept after merging near-duplicates."),
+        _c("attempts", I64, "Tries of the persona call (at most reason.max_attempts)."),
+        _c("calls", I64, "LLM calls spent on the item, all steps."),
+        _c("prompt_tokens", I64, "Prompt tokens spent on the item, all steps."),
+        _c("completion_tokens", I64, "Generated tokens spent on the item, all steps."),
+        _c("cache_key", STR, "Content hash of the persona call: same key, same result, no LLM call."),
+    ),
+)
+
+ASPECTS = TableSchema(
+    name="aspects",
+    doc="Paper mode only: one aspect tuple per sampled review; tuples with every slot null are not kept.",
+    key=("review_id",),
+    columns=(
+        _c("review_id", STR, "Review id."),
+        _c("item_id", STR, "Item id."),
+        _c("status", STR, "'ok' or 'failed'."),
+        _c("kept", BOOL, "False when more than 75% of the slots are null (the paper's filter)."),
+        _c("aspects_json", STR, "The tuple as JSON (slots and reasons, null where the review says nothing).", True),
+        _c("reason", STR, "For failures: the last rejection.", nullable=True),
+    ),
+)
+
+LABELS = TableSchema(
+    name="labels",
+    doc=(
+        "Training labels for the encoder: a positive persona for training interactions only (never a valid or "
+        "test item), from the personas' own evidence (efficient) or an LLM judge (paper)."
+    ),
+    key=("user_id", "position"),
+    columns=(
+        _c("user_id", STR, "User id."),
+        _c("item_id", STR, "Item id."),
+        _c("review_id", STR, "The interaction's review."),
+        _c("position", I64, "The interaction's position in the user's history (interactions.position)."),
+        _c("persona_id", STR, "The positive persona."),
+        _c("source", STR, "'evidence' or 'judge'."),
+        _c("justification", STR, "The judge's reasoning (paper mode).", nullable=True),
+    ),
+)
+
+TABLES: dict[str, TableSchema] = {
+    t.name: t
+    for t in (
+        REVIEWS,
+        ITEMS,
+        INTERACTIONS,
+        REVIEW_SAMPLES,
+        QUARANTINE,
+        SUMMARIES,
+        PERSONAS,
+        ITEM_STATUS,
+        ASPECTS,
+        LABELS,
+    )
+}
 
 #: Why a line is in quarantine. Invalid input first, then valid reviews removed by a filter.
 QUARANTINE_REASONS: dict[str, str] = {

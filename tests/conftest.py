@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -24,6 +33,39 @@ def spark():
     session.stop()
 
 
+@pytest.fixture(scope="session")
+def prepared_mi(spark, tmp_path_factory):
+    """`prepare` run once on the real Musical Instruments file: (config, PrepareResult)."""
+    from persona4rec.jobs.prepare import job
+
+    root = tmp_path_factory.mktemp("mi-artifacts")
+    cfg = load_config(
+        [f"paths.artifacts={root}", f"data.local_dir={MUSICAL_INSTRUMENTS}"], dataset="amazon2014-musical-instruments"
+    ).config
+    return cfg, job.run(cfg, spark=spark, progress=False)
+
+
+@pytest.fixture
+def mi_config(prepared_mi, tmp_path: Path):
+    """A config for Musical Instruments whose artifacts root (a fresh tmp folder) already holds the
+    prepared corpus, so downstream stages start from it without re-running Spark."""
+    import shutil
+
+    cfg, result = prepared_mi
+    root = tmp_path / "artifacts"
+    target = root / result.folder.relative_to(cfg.artifacts_root.parent)
+    shutil.copytree(result.folder, target)
+    (target.parent / "CURRENT").write_text(target.name + "\n")
+
+    def build(*overrides: str) -> Config:
+        return load_config(
+            [f"paths.artifacts={root}", f"data.local_dir={MUSICAL_INSTRUMENTS}", *overrides],
+            dataset="amazon2014-musical-instruments",
+        ).config
+
+    return build
+
+
 @pytest.fixture
 def make_config(tmp_path: Path):
     """Build a validated config for a dataset, with artifacts under the test's tmp folder."""
@@ -35,3 +77,133 @@ def make_config(tmp_path: Path):
         return load_config(args, dataset=dataset).config
 
     return build
+
+
+# ------------------------------------------------------------------------------------------ LLM engines
+
+OFFLINE_MODELS = Path("~/.cache/p4r-offline-models").expanduser()
+
+
+class SmolLM2Paths(NamedTuple):
+    hf: Path  # Hugging Face folder (vLLM)
+    gguf: Path  # GGUF file (llama.cpp)
+
+
+@pytest.fixture(scope="session")
+def smollm2_paths() -> SmolLM2Paths:
+    """SmolLM2-135M-Instruct, prepared offline; the engine tests fail (never skip) when it is missing."""
+    paths = SmolLM2Paths(hf=OFFLINE_MODELS / "smollm2-135m" / "hf", gguf=OFFLINE_MODELS / "smollm2-135m" / "model.gguf")
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        pytest.fail(f"SmolLM2-135M is missing ({', '.join(missing)}): run `make models`", pytrace=False)
+    return paths
+
+
+@pytest.fixture(scope="session")
+def vllm_engine(smollm2_paths: SmolLM2Paths):
+    """One in-process vLLM engine on SmolLM2-135M for the whole session (a start costs ~15-30 s here)."""
+    from persona4rec.config import LLMConfig, VLLMOptions
+    from persona4rec.ray_actors.engines import build_engine
+
+    cfg = LLMConfig(
+        engine="vllm",
+        model=str(smollm2_paths.hf),
+        max_model_len=2048,
+        seed=0,
+        vllm=VLLMOptions(dtype="auto", enforce_eager=True, cpu_kv_cache_gib=1),
+    )
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        engine = build_engine(cfg)
+        yield engine
+        engine.close()
+
+
+@pytest.fixture(scope="session")
+def llamacpp_engine(smollm2_paths: SmolLM2Paths):
+    """One llama.cpp engine on SmolLM2-135M's GGUF for the whole session."""
+    from persona4rec.config import LLMConfig
+    from persona4rec.ray_actors.engines import build_engine
+
+    engine = build_engine(LLMConfig(engine="llamacpp", model=str(smollm2_paths.gguf), max_model_len=2048, seed=0))
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="session")
+def vllm_server(smollm2_paths: SmolLM2Paths, tmp_path_factory: pytest.TempPathFactory):
+    """vLLM's real OpenAI-compatible server on SmolLM2 (served as ``smollm2``) on a free loopback port.
+
+    Yields the base URL (``http://127.0.0.1:PORT/v1``); the whole process group is terminated at the end.
+    """
+    import httpx
+
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("vllm-server") / "server.log"
+    cmd = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(smollm2_paths.hf),
+        "--served-model-name",
+        "smollm2",
+        "--enforce-eager",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--max-model-len",
+        "2048",
+        "--seed",
+        "0",
+        "--structured-outputs-config",
+        json.dumps({"backend": "xgrammar", "disable_any_whitespace": True}),
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}
+    base_url = f"http://127.0.0.1:{port}/v1"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"vLLM server exited with {proc.returncode}:\n{_tail(log_path)}", pytrace=False)
+            try:
+                if httpx.get(f"{base_url}/models", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"vLLM server did not answer /v1/models within 240 s:\n{_tail(log_path)}", pytrace=False)
+            time.sleep(1)
+        yield base_url
+    finally:
+        _stop_group(proc)
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on (at the time of asking)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _tail(path: Path, lines: int = 60) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the process group started with ``proc``, SIGKILL it if it lingers."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    # Workers the server spawned share its group; make sure none outlives it.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)

@@ -21,9 +21,8 @@ def _config(root, *overrides):
 
 
 @pytest.fixture(scope="module")
-def prepared(spark, tmp_path_factory):
-    cfg = _config(tmp_path_factory.mktemp("mi"))
-    result = job.run(cfg, spark=spark, progress=False)
+def prepared(prepared_mi):
+    cfg, result = prepared_mi
     tables = {t.name: pd.read_parquet(result.folder / t.name) for t in job.TABLES}
     return cfg, result, tables
 

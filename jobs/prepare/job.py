@@ -23,6 +23,7 @@ from persona4rec import schemas
 from persona4rec.artifacts import Manifest, StageStore, Timer, fingerprint
 from persona4rec.config import Config
 from persona4rec.datasets import ResolvedFile, checked_inputs, resolve_files
+from persona4rec.errors import StageUnavailable
 from persona4rec.infra.spark import conform, spark_session
 from persona4rec.jobs.prepare import clean, readers
 from persona4rec.jobs.prepare.kcore import k_core
@@ -93,6 +94,18 @@ def run(cfg: Config, *, spark: SparkSession | None = None, force: bool = False, 
         spark.catalog.clearCache()
     folder = store.publish(tmp, fp)
     return PrepareResult(folder, manifest, skipped=False)
+
+
+def locate(cfg: Config) -> PrepareResult:
+    """The finished prepare output for this configuration and these input files, for downstream stages."""
+    files = resolve_files(cfg)
+    fp = fingerprint(STAGE, VERSION, stage_config(cfg), checked_inputs(cfg, files))
+    done = StageStore(cfg.artifacts_root / STAGE).complete(fp)
+    if done is None:
+        raise StageUnavailable(
+            f"no prepared corpus for this configuration of {cfg.dataset}: run `p4r prepare` first (or `p4r run`)"
+        )
+    return PrepareResult(done, Manifest.read(done), skipped=True)
 
 
 def _build(

@@ -1,0 +1,323 @@
+"""The reasoning stage: prepared items and review samples in; summaries, personas and their status out.
+
+Modes (``reason.mode``):
+- ``efficient``: one LLM call per item writes its summary and 2-7 personas, each citing the sampled
+  reviews it rests on (those citations later give training labels without a judge);
+- ``paper``: the paper's chain: a summary call per item, an aspect call per sampled review, then a persona
+  call over the kept aspect tuples.
+
+Every LLM answer is stored in a content-addressed cache (``<artifacts>/<dataset>/reason/cache``) as
+soon as its batch finishes: a rerun skips what is done, a killed run resumes, an item whose reviews,
+prompt or model changed is redone and nothing else. The published version holds only the tables.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+import persona4rec
+from persona4rec import schemas
+from persona4rec.artifacts import Manifest, StageStore, Timer, fingerprint
+from persona4rec.config import Config
+from persona4rec.errors import StageUnavailable
+from persona4rec.jobs.prepare import job as prepare_job
+from persona4rec.jobs.reason.pool import Ledger, LLMWork, pool_factory
+from persona4rec.reasoning.cache import ResultCache
+from persona4rec.reasoning.prompts import PromptSet, load_prompts
+from persona4rec.reasoning.units import Unit, aspects_unit, persona_unit, personas_from_aspects_unit, summary_unit
+
+STAGE = "reason"
+VERSION = 1
+TABLES = ("summaries", "personas", "item_status", "aspects")
+
+
+@dataclass(frozen=True)
+class ReasonResult:
+    folder: Path
+    manifest: Manifest
+    skipped: bool
+
+    def table(self, name: str) -> Path:
+        return self.folder / name
+
+
+def stage_config(cfg: Config) -> dict[str, Any]:
+    """What determines reason's output: the reasoning settings and the model (not pool sizing or addresses)."""
+    reason = cfg.reason.model_dump(mode="json", exclude={"actors"})
+    llm = cfg.llm.model_dump(mode="json", include={"engine", "model", "temperature", "seed", "max_model_len"})
+    return {"reason": reason, "llm": llm}
+
+
+def cache_dir(cfg: Config) -> Path:
+    return cfg.artifacts_root / STAGE / "cache"
+
+
+def run(
+    cfg: Config,
+    *,
+    engine: Any = None,
+    embed: Any = None,
+    force: bool = False,
+    retry_failed: bool = False,
+    progress: bool = True,
+) -> ReasonResult:
+    """Reason over every prepared item (or ``reason.limit_items``), reusing every cached answer.
+
+    ``engine`` (and ``embed``) run the work in this process instead of a Ray actor pool: tests inject
+    their session's engine this way.
+    """
+    upstream = prepare_job.locate(cfg)
+    scfg = stage_config(cfg)
+    inputs = [{"stage": "prepare", "path": str(upstream.folder), "sha256": upstream.manifest.fingerprint}]
+    fp = fingerprint(STAGE, VERSION, scfg, inputs)
+    store = StageStore(cfg.artifacts_root / STAGE)
+    if not (force or retry_failed) and (done := store.complete(fp)) is not None:
+        store.point_current(done)
+        return ReasonResult(done, Manifest.read(done), skipped=True)
+
+    prompts = load_prompts(cfg.reason.prompts)
+    ledger = Ledger(ResultCache(cache_dir(cfg)), retry_failed)
+    work = LLMWork(cfg, ledger, pool_factory(cfg, engine, embed), progress)
+    timer = Timer()
+    try:
+        with timer("read"):
+            items, samples = _read(upstream, cfg.reason.limit_items)
+        with timer("llm"):
+            tables, counts = (_efficient if cfg.reason.mode == "efficient" else _paper)(
+                cfg, prompts, items, samples, work
+            )
+    finally:
+        work.close()
+
+    tmp = store.begin(fp)
+    manifest = Manifest(
+        stage=STAGE,
+        fingerprint=fp,
+        config_hash=cfg.hash(),
+        stage_config=scfg,
+        inputs=inputs,
+        environment={
+            "persona4rec": persona4rec.__version__,
+            "python": platform.python_version(),
+            "cpu_count": str(os.cpu_count()),
+            **{k: str(v) for k, v in work.info.items()},
+        },
+    )
+    try:
+        with timer("write"):
+            for name, rows in tables.items():
+                schema = getattr(schemas, name.upper())
+                (tmp / name).mkdir()
+                pq.write_table(pa.Table.from_pylist(rows, schema=schema.arrow()), tmp / name / "part-0.parquet")
+                manifest.tables[name] = {"rows": schemas.validate_parquet(tmp / name, schema)}
+        manifest.counts = {**counts, "spent_this_run": {k: dict(v) for k, v in ledger.spent.items()}}
+        manifest.timings_s = timer.timings
+        manifest.write(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    ledger.cache.compact()
+    return ReasonResult(store.publish(tmp, fp), manifest, skipped=False)
+
+
+def _read(upstream: prepare_job.PrepareResult, limit: int | None) -> tuple[list[dict], dict[str, list[dict]]]:
+    items = pq.read_table(upstream.table("items")).sort_by("item_id").to_pylist()
+    if limit is not None:
+        items = items[:limit]
+    wanted = {i["item_id"] for i in items}
+    samples: dict[str, list[dict]] = defaultdict(list)
+    for row in pq.read_table(upstream.table("review_samples")).to_pylist():
+        if row["item_id"] in wanted:
+            samples[row["item_id"]].append(row)
+    return items, samples
+
+
+def _status(item_id: str, **values: Any) -> dict[str, Any]:
+    row = {
+        "item_id": item_id,
+        "status": "ok",
+        "reason": None,
+        "n_reviews": 0,
+        "n_personas": 0,
+        "attempts": 0,
+        "calls": 0,
+        "prompt_tokens": 0,
+        "completion_tokens": 0,
+        "cache_key": "",
+    }
+    row.update(values)
+    return row
+
+
+def _add_cost(status: dict[str, Any], row: dict[str, Any] | None) -> None:
+    if row is not None:
+        for k in ("calls", "prompt_tokens", "completion_tokens"):
+            status[k] += row[k]
+
+
+def _persona_rows(item_id: str, key: str, payload: dict, prompts: PromptSet, model: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "persona_id": f"{key[:16]}-{n}",
+            "item_id": item_id,
+            "persona_index": n,
+            "name": p["name"],
+            "description": p["description"],
+            "rationale": p["rationale"],
+            "evidence": p["evidence"],
+            "merged_from": p["merged_from"],
+            "prompt_version": prompts.version,
+            "model": model,
+        }
+        for n, p in enumerate(payload["personas"], 1)
+    ]
+
+
+def _efficient(cfg: Config, prompts: PromptSet, items: list[dict], samples: dict[str, list[dict]], work: LLMWork):
+    rc, llm = cfg.reason, cfg.llm
+    units = {
+        i["item_id"]: persona_unit(i, samples[i["item_id"]], prompts, llm, rc) for i in items if samples[i["item_id"]]
+    }
+    results = work.run("personas", list(units.values()))
+    summaries, personas, status = [], [], []
+    for item in items:
+        iid = item["item_id"]
+        source = "metadata" if item["has_metadata"] else "reviews"
+        if iid not in units:
+            status.append(
+                _status(iid, status="failed", reason="no_reviews: the item has no sampled review to reason on")
+            )
+            summaries.append({"item_id": iid, "summary": None, "source": source})
+            continue
+        unit = units[iid]
+        row = results[unit.key]
+        st = _status(iid, n_reviews=unit.spec["n_reviews"], attempts=row["attempts"], cache_key=unit.key)
+        _add_cost(st, row)
+        if row["status"] == "ok":
+            payload = json.loads(row["payload"])
+            rows = _persona_rows(iid, unit.key, payload, prompts, row["model"])
+            personas += rows
+            st["n_personas"] = len(rows)
+            summaries.append({"item_id": iid, "summary": payload["summary"], "source": source})
+        else:
+            st.update(status="failed", reason=row["error"])
+            summaries.append({"item_id": iid, "summary": None, "source": source})
+        status.append(st)
+    tables = {"summaries": summaries, "personas": personas, "item_status": status, "aspects": []}
+    return tables, _counts(status, personas)
+
+
+def _paper(cfg: Config, prompts: PromptSet, items: list[dict], samples: dict[str, list[dict]], work: LLMWork):
+    rc, llm = cfg.reason, cfg.llm
+    with_reviews = [i for i in items if samples[i["item_id"]]]
+    s_units = {i["item_id"]: summary_unit(i, samples[i["item_id"]], prompts, llm, rc) for i in with_reviews}
+    s_rows = work.run("summary", list(s_units.values()))
+    summary_of = {
+        iid: json.loads(s_rows[u.key]["payload"])["summary"]
+        for iid, u in s_units.items()
+        if s_rows[u.key]["status"] == "ok"
+    }
+    a_units: dict[str, list[tuple[dict, Unit]]] = {}
+    for iid, text in summary_of.items():
+        shown = sorted(samples[iid], key=lambda r: r["sample_rank"])[: rc.reviews_per_item]
+        a_units[iid] = [(r, aspects_unit(r, text, prompts, llm, rc)) for r in shown]
+    a_rows = work.run("aspects", [u for pairs in a_units.values() for _, u in pairs])
+    aspects_table, kept_of = [], {}
+    for iid, pairs in a_units.items():
+        kept_of[iid] = []
+        for review, unit in pairs:
+            row = a_rows[unit.key]
+            ok = row["status"] == "ok"
+            payload = json.loads(row["payload"]) if ok else None
+            aspects_table.append(
+                {
+                    "review_id": review["review_id"],
+                    "item_id": iid,
+                    "status": row["status"],
+                    "kept": bool(ok and payload["kept"]),
+                    "aspects_json": json.dumps(payload["aspects"], ensure_ascii=False) if ok else None,
+                    "reason": row["error"],
+                }
+            )
+            if ok and payload["kept"]:
+                kept_of[iid].append((review, payload["aspects"]))
+    p_units = {
+        iid: personas_from_aspects_unit(iid, summary_of[iid], kept, prompts, llm, rc)
+        for iid, kept in kept_of.items()
+        if kept
+    }
+    p_rows = work.run("personas_from_aspects", list(p_units.values()))
+
+    summaries, personas, status = [], [], []
+    for item in items:
+        iid = item["item_id"]
+        source = "metadata" if item["has_metadata"] else "reviews"
+        summaries.append({"item_id": iid, "summary": summary_of.get(iid), "source": source})
+        st = _status(iid, n_reviews=len(a_units.get(iid, [])))
+        if iid in s_units:
+            _add_cost(st, s_rows[s_units[iid].key])
+        for _, unit in a_units.get(iid, []):
+            _add_cost(st, a_rows[unit.key])
+        if iid not in s_units:
+            st.update(status="failed", reason="no_reviews: the item has no sampled review to reason on")
+        elif iid not in summary_of:
+            st.update(status="failed", reason="summary failed: " + str(s_rows[s_units[iid].key]["error"]))
+        elif iid not in p_units:
+            st.update(status="failed", reason="no_aspects: every aspect tuple of the item failed or was empty")
+        else:
+            unit = p_units[iid]
+            row = p_rows[unit.key]
+            _add_cost(st, row)
+            st.update(attempts=row["attempts"], cache_key=unit.key)
+            if row["status"] == "ok":
+                rows = _persona_rows(iid, unit.key, json.loads(row["payload"]), prompts, row["model"])
+                personas += rows
+                st["n_personas"] = len(rows)
+            else:
+                st.update(status="failed", reason=row["error"])
+        status.append(st)
+    tables = {"summaries": summaries, "personas": personas, "item_status": status, "aspects": aspects_table}
+    return tables, _counts(status, personas)
+
+
+def _counts(status: list[dict[str, Any]], personas: list[dict[str, Any]]) -> dict[str, Any]:
+    ok = [s for s in status if s["status"] == "ok"]
+    failures: dict[str, int] = defaultdict(int)
+    for s in status:
+        if s["status"] != "ok":
+            failures[str(s["reason"]).split(":", 1)[0]] += 1
+    n = max(len(status), 1)
+    return {
+        "items": len(status),
+        "items_ok": len(ok),
+        "items_failed": len(status) - len(ok),
+        "failures_by_reason": dict(failures),
+        "personas": len(personas),
+        "personas_per_ok_item": round(len(personas) / max(len(ok), 1), 3),
+        "llm_calls": sum(s["calls"] for s in status),
+        "llm_calls_per_item": round(sum(s["calls"] for s in status) / n, 3),
+        "prompt_tokens": sum(s["prompt_tokens"] for s in status),
+        "completion_tokens": sum(s["completion_tokens"] for s in status),
+        "tokens_per_item": round(sum(s["prompt_tokens"] + s["completion_tokens"] for s in status) / n, 1),
+    }
+
+
+def locate(cfg: Config) -> ReasonResult:
+    """The finished reasoning output for this configuration, for downstream stages."""
+    upstream = prepare_job.locate(cfg)
+    inputs = [{"stage": "prepare", "path": str(upstream.folder), "sha256": upstream.manifest.fingerprint}]
+    fp = fingerprint(STAGE, VERSION, stage_config(cfg), inputs)
+    done = StageStore(cfg.artifacts_root / STAGE).complete(fp)
+    if done is None:
+        raise StageUnavailable(f"no personas for this configuration of {cfg.dataset}: run `p4r reason` first")
+    return ReasonResult(done, Manifest.read(done), skipped=True)

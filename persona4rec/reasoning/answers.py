@@ -1,0 +1,200 @@
+"""What a valid LLM answer is: JSON Schemas for constrained decoding, and the checks behind them.
+
+The schema goes to the engine (vLLM and llama.cpp enforce it while decoding; an HTTP endpoint may not),
+and every answer is validated again here: a constrained decoder can still cut a string short, cite a
+review that was not shown, or stop at max_tokens. ``AnswerError`` carries a short reason code that ends up
+in the output tables when an item finally fails.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+ASPECT_SLOTS = ("category_preference", "purchase_purpose", "quality_criteria", "usage_context")
+
+
+class AnswerError(ValueError):
+    """An answer that cannot be used. ``code`` is one of REASONS; the message says what exactly."""
+
+    def __init__(self, code: str, message: str) -> None:
+        assert code in REASONS, code
+        super().__init__(f"{code}: {message}")
+        self.code = code
+
+
+REASONS = {
+    "no_answer": "the engine returned no answer (context overflow, transport failure)",
+    "truncated": "the answer stopped at max_tokens",
+    "invalid_json": "the answer is not JSON",
+    "schema": "a field is missing, of the wrong type or empty",
+    "cut_field": "a text field was cut short (hit its length cap or ended mid-phrase)",
+    "persona_count": "fewer or more personas than the item allows",
+    "unknown_evidence": "a persona cites a review number that was not shown",
+    "unknown_option": "the judge chose a persona number that was not offered",
+}
+
+
+@dataclass
+class Persona:
+    name: str
+    description: str
+    rationale: str
+    evidence: list[int]
+    merged_from: int = 1
+
+
+@dataclass
+class PersonaAnswer:
+    personas: list[Persona]
+    summary: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _text(max_chars: int) -> dict[str, Any]:
+    return {"type": "string", "minLength": 1, "maxLength": max_chars}
+
+
+def persona_schema(*, low: int, high: int, n_reviews: int, name_chars: int, text_chars: int, summary: bool) -> dict:
+    persona = {
+        "type": "object",
+        "properties": {
+            "name": _text(name_chars),
+            "description": _text(text_chars),
+            "rationale": _text(text_chars),
+            "evidence": {
+                "type": "array",
+                "items": {"type": "integer", "minimum": 1, "maximum": n_reviews},
+                "minItems": 1,
+                "maxItems": n_reviews,
+            },
+        },
+        "required": ["name", "description", "rationale", "evidence"],
+        "additionalProperties": False,
+    }
+    props: dict[str, Any] = {"personas": {"type": "array", "items": persona, "minItems": low, "maxItems": high}}
+    if summary:
+        props = {"summary": _text(text_chars), **props}
+    return {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}
+
+
+def summary_schema(text_chars: int) -> dict:
+    return {
+        "type": "object",
+        "properties": {"summary": _text(text_chars)},
+        "required": ["summary"],
+        "additionalProperties": False,
+    }
+
+
+def aspect_schema(text_chars: int) -> dict:
+    nullable = {"anyOf": [{"type": "string", "minLength": 1, "maxLength": text_chars}, {"type": "null"}]}
+    props: dict[str, Any] = {}
+    for slot in ASPECT_SLOTS:
+        props[slot] = nullable
+        props[f"{slot}_reason"] = nullable
+    return {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}
+
+
+def judge_schema(n_options: int, text_chars: int) -> dict:
+    return {
+        "type": "object",
+        "properties": {
+            "reasoning": _text(text_chars),
+            "persona": {"type": "integer", "minimum": 1, "maximum": n_options},
+        },
+        "required": ["reasoning", "persona"],
+        "additionalProperties": False,
+    }
+
+
+_ID_PREFIX = re.compile(r"^\s*(?:P\s*\d+|Persona\s*\d+|\d+)\s*[:.)\-–]\s*", re.IGNORECASE)
+
+
+def _field(obj: dict, key: str, cap: int, where: str) -> str:
+    value = obj.get(key)
+    if not isinstance(value, str) or not value.strip():
+        raise AnswerError("schema", f"{where}.{key} is missing or empty")
+    if len(value) >= cap:
+        raise AnswerError("cut_field", f"{where}.{key} reached its {cap}-character cap")
+    if value != value.rstrip() or value.rstrip().endswith((",", ":", ";", "(", "-")):
+        raise AnswerError("cut_field", f"{where}.{key} ends mid-phrase: {value[-30:]!r}")
+    return value.strip()
+
+
+def _object(data: Any, what: str) -> dict:
+    if not isinstance(data, dict):
+        raise AnswerError("schema", f"{what}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def parse_personas(
+    data: Any, *, low: int, high: int, n_reviews: int, name_chars: int, text_chars: int, summary: bool
+) -> PersonaAnswer:
+    """Check a persona answer against what the item allows; returns cleaned personas or raises AnswerError."""
+    data = _object(data, "answer")
+    items = data.get("personas")
+    if not isinstance(items, list):
+        raise AnswerError("schema", "personas is missing or not a list")
+    if not low <= len(items) <= high:
+        raise AnswerError("persona_count", f"{len(items)} personas; this item allows {low}..{high}")
+    personas = []
+    for n, raw in enumerate(items, start=1):
+        raw = _object(raw, f"personas[{n}]")
+        where = f"personas[{n}]"
+        name = _ID_PREFIX.sub("", _field(raw, "name", name_chars, where)).strip()
+        if not name:
+            raise AnswerError("schema", f"{where}.name holds only an id")
+        evidence = raw.get("evidence")
+        if not isinstance(evidence, list) or not evidence or not all(type(e) is int for e in evidence):
+            raise AnswerError("schema", f"{where}.evidence must be a non-empty list of review numbers")
+        unknown = sorted({e for e in evidence if not 1 <= e <= n_reviews})
+        if unknown:
+            raise AnswerError("unknown_evidence", f"{where} cites R{unknown} but only R1..R{n_reviews} were shown")
+        personas.append(
+            Persona(
+                name=name,
+                description=_field(raw, "description", text_chars, where),
+                rationale=_field(raw, "rationale", text_chars, where),
+                evidence=sorted(set(evidence)),
+            )
+        )
+    text = _field(data, "summary", text_chars, "answer") if summary else None
+    return PersonaAnswer(personas=personas, summary=text)
+
+
+def parse_summary(data: Any, text_chars: int) -> str:
+    return _field(_object(data, "answer"), "summary", text_chars, "answer")
+
+
+def parse_aspects(data: Any, text_chars: int) -> dict[str, str | None]:
+    """An aspect tuple with every slot present (null allowed); a non-null slot must be a usable phrase."""
+    data = _object(data, "answer")
+    out: dict[str, str | None] = {}
+    for slot in ASPECT_SLOTS:
+        for key in (slot, f"{slot}_reason"):
+            value = data.get(key)
+            if value is None or (isinstance(value, str) and value.strip().lower() in ("", "null", "none", "n/a")):
+                out[key] = None
+            elif isinstance(value, str):
+                out[key] = _field(data, key, text_chars, "answer")
+            else:
+                raise AnswerError("schema", f"answer.{key} must be a string or null")
+    return out
+
+
+def aspects_kept(aspects: dict[str, str | None]) -> bool:
+    """The paper drops a tuple when more than 75% of its slots are null; with four slots, all four."""
+    nulls = sum(aspects.get(slot) is None for slot in ASPECT_SLOTS)
+    return nulls / len(ASPECT_SLOTS) <= 0.75
+
+
+def parse_judge(data: Any, n_options: int, text_chars: int) -> tuple[int, str]:
+    data = _object(data, "answer")
+    choice = data.get("persona")
+    if type(choice) is not int:
+        raise AnswerError("schema", "persona must be an integer option number")
+    if not 1 <= choice <= n_options:
+        raise AnswerError("unknown_option", f"chose {choice}; options were 1..{n_options}")
+    return choice, _field(data, "reasoning", text_chars, "answer")

@@ -1,0 +1,102 @@
+"""Versioned prompt sets (``conf/prompts/<version>.yaml``) and the rendering of untrusted text into them.
+
+Customer reviews go into prompts only inside ``<reviews>``/``<review>`` fences. Anything in a review that
+could close or forge a fence (``<``/``>``) is replaced by look-alike characters, so a review can never
+step outside its fence; the system prompt tells the model to treat fenced text as data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from functools import cache
+from string import Template
+from typing import Any
+
+import yaml
+
+from persona4rec.config import conf_dir
+from persona4rec.errors import ConfigError
+
+TEMPLATES = ("system", "personas", "summary", "aspects", "personas_from_aspects", "judge")
+
+#: What a review's text can contain that would interfere with the fences, and its harmless stand-in.
+_NEUTRALISE = str.maketrans({"<": "‹", ">": "›"})
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    version: str
+    templates: dict[str, str]
+
+    @property
+    def digest(self) -> str:
+        """Hash of every template: part of each cache key, so an edited template redoes its work."""
+        text = json.dumps(self.templates, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def render(self, name: str, **values: str) -> str:
+        try:
+            return Template(self.templates[name]).substitute(values)
+        except KeyError as exc:
+            raise ConfigError(f"prompt {self.version}/{name}: no value for placeholder {exc}") from None
+
+    def chat(self, name: str, **values: str) -> tuple[dict[str, str], ...]:
+        return (
+            {"role": "system", "content": self.templates["system"]},
+            {"role": "user", "content": self.render(name, **values)},
+        )
+
+
+@cache
+def load_prompts(version: str) -> PromptSet:
+    """Load and check a prompt set by version name (``v1`` reads ``conf/prompts/v1.yaml``)."""
+    path = conf_dir() / "prompts" / f"{version}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in (conf_dir() / "prompts").glob("*.yaml"))
+        raise ConfigError(f"reason.prompts: no prompt set {version!r} (known: {', '.join(known)})")
+    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    missing = [name for name in TEMPLATES if not isinstance(doc.get(name), str)]
+    if missing or doc.get("version") != version:
+        raise ConfigError(f"{path}: needs version: {version} and templates {', '.join(missing) or '(ok)'}")
+    return PromptSet(version=version, templates={name: doc[name] for name in TEMPLATES})
+
+
+def fence_text(text: str, limit: int) -> str:
+    """A review's text made safe to place inside a fence, cut to ``limit`` characters on a word boundary."""
+    text = " ".join(text.split()).translate(_NEUTRALISE)
+    if len(text) > limit:
+        text = text[:limit].rsplit(" ", 1)[0] + " …"
+    return text
+
+
+def review_line(number: int, rating: float, title: str | None, text: str, limit: int) -> str:
+    """One numbered review inside a ``<reviews>`` fence: ``[R3] (4★) "title" text``."""
+    head = f"[R{number}] ({rating:g}★)"
+    if title and title.strip():
+        head += f" {fence_text(title, 120)}:"
+    return f"{head} {fence_text(text, limit)}"
+
+
+def item_block(item: dict[str, Any]) -> str:
+    """The item's catalogue data for a prompt, or a note that there is none."""
+    lines = []
+    for key, label in (("title", "Title"), ("brand", "Brand"), ("city", "City")):
+        if item.get(key):
+            lines.append(f"{label}: {fence_text(str(item[key]), 200)}")
+    if item.get("categories"):
+        lines.append("Categories: " + fence_text(" > ".join(item["categories"]), 300))
+    if item.get("description"):
+        lines.append("Description: " + fence_text(item["description"], 1200))
+    if not lines:
+        return "Catalogue data: none for this item; infer what it is from the reviews."
+    return "Catalogue data (from the seller, fenced as data):\n<catalogue>\n" + "\n".join(lines) + "\n</catalogue>"
+
+
+def count_rule(n_reviews: int, low: int, high: int) -> tuple[int, int, str]:
+    """How many personas an item may have: exactly 1 for a single review, else between low and high, and
+    never more than there are reviews to cite."""
+    high = max(1, min(high, n_reviews))
+    low = min(low, high)
+    return low, high, (f"exactly {low}" if low == high else f"between {low} and {high}")
