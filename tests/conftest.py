@@ -207,3 +207,22 @@ def _stop_group(proc: subprocess.Popen) -> None:
     # Workers the server spawned share its group; make sure none outlives it.
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
+
+
+# ---------------------------------------------------------------------------------------------- Ray
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One real local Ray for the session (2 CPUs, no dashboard); yields its GCS address so that
+    subprocesses (the CLI under test) join it instead of starting their own."""
+    import ray
+
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}},
+    )
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()

@@ -134,6 +134,14 @@ def test_bad_answers_are_rejected_with_a_reason(answer, code):
     assert err.value.code == code
 
 
+def test_a_capped_field_keeps_its_complete_sentences():
+    long = "Plays live every week. Needs gear that survives the van. It must look " + "very " * 80  # over the cap
+    got = _parse({"summary": "x.", "personas": [_persona(description=long), _persona("B")]})
+    assert got.personas[0].description == "Plays live every week. Needs gear that survives the van."
+    with pytest.raises(AnswerError, match="cut_field"):
+        _parse({"summary": "x.", "personas": [_persona(name="A" * 60), _persona("B")]})
+
+
 def test_aspect_filter_drops_tuples_with_every_slot_null():
     empty = answers.parse_aspects({k: None for k in answers.aspect_schema(50)["properties"]}, 50)
     assert not answers.aspects_kept(empty)

@@ -112,15 +112,25 @@ def judge_schema(n_options: int, text_chars: int) -> dict:
 _ID_PREFIX = re.compile(r"^\s*(?:P\s*\d+|Persona\s*\d+|\d+)\s*[:.)\-–]\s*", re.IGNORECASE)
 
 
-def _field(obj: dict, key: str, cap: int, where: str) -> str:
+def _field(obj: dict, key: str, cap: int, where: str, *, prose: bool = True) -> str:
+    """A non-empty text field. One that hit its cap or stops mid-phrase (a decoder cut it, or a stray
+    double quote ended it early) keeps its complete sentences when it has any; otherwise it is rejected."""
     value = obj.get(key)
     if not isinstance(value, str) or not value.strip():
         raise AnswerError("schema", f"{where}.{key} is missing or empty")
-    if len(value) >= cap:
-        raise AnswerError("cut_field", f"{where}.{key} reached its {cap}-character cap")
-    if value != value.rstrip() or value.rstrip().endswith((",", ":", ";", "(", "-")):
-        raise AnswerError("cut_field", f"{where}.{key} ends mid-phrase: {value[-30:]!r}")
+    capped = len(value) >= cap
+    if capped or value != value.rstrip() or value.rstrip().endswith((",", ":", ";", "(", "-")):
+        whole = _complete_sentences(value) if prose else ""
+        if not whole:
+            why = f"reached its {cap}-character cap" if capped else f"ends mid-phrase: {value[-30:]!r}"
+            raise AnswerError("cut_field", f"{where}.{key} {why}")
+        return whole
     return value.strip()
+
+
+def _complete_sentences(text: str) -> str:
+    end = max(text.rfind(". "), text.rfind("! "), text.rfind("? "))
+    return text[: end + 1].strip() if end >= 20 else ""
 
 
 def _object(data: Any, what: str) -> dict:
@@ -143,7 +153,7 @@ def parse_personas(
     for n, raw in enumerate(items, start=1):
         raw = _object(raw, f"personas[{n}]")
         where = f"personas[{n}]"
-        name = _ID_PREFIX.sub("", _field(raw, "name", name_chars, where)).strip()
+        name = _ID_PREFIX.sub("", _field(raw, "name", name_chars, where, prose=False)).strip()
         if not name:
             raise AnswerError("schema", f"{where}.name holds only an id")
         evidence = raw.get("evidence")

@@ -1,0 +1,260 @@
+"""The three LLM engines, for real, on SmolLM2-135M: vLLM in-process, llama.cpp, and vLLM's OpenAI server.
+
+Every engine must answer a batch in order under a JSON schema, turn a prompt that cannot fit the context into
+that request's ``error`` (the rest of the batch still answered), and report a cut-off answer as truncated.
+The HTTP engine must also retry transport failures, 429 and 5xx a bounded number of times, and no other 4xx.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from persona4rec.config import LLMConfig, OpenAIOptions
+from persona4rec.errors import ConfigError
+from persona4rec.ray_actors.engines import ChatRequest, Completion, Engine, build_engine
+from persona4rec.ray_actors.engines.openai_engine import _retry_after
+from tests.conftest import free_port
+
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 20},
+        "count": {"type": "integer", "minimum": 0, "maximum": 1000},
+    },
+    "required": ["name", "count"],
+    "additionalProperties": False,
+}
+SYSTEM = {"role": "system", "content": "You answer with one JSON object and nothing else."}
+ENGINES = ["vllm_engine", "llamacpp_engine", "openai_engine"]
+
+
+def ask(key: str, question: str, **kw) -> ChatRequest:
+    user = {"role": "user", "content": f"{question} Answer as JSON with keys name (a word) and count (a number)."}
+    return ChatRequest(key=key, messages=(SYSTEM, user), schema=SCHEMA, **{"max_tokens": 48, **kw})
+
+
+def too_long(key: str) -> ChatRequest:
+    """A prompt of ~3000 tokens: more than the 2048-token context of every engine here."""
+    return ChatRequest(key=key, messages=({"role": "user", "content": "apple " * 3000},), schema=SCHEMA)
+
+
+def assert_valid(c: Completion) -> None:
+    assert c.error is None, c.error
+    assert c.finish_reason == "stop", (c.finish_reason, c.text)
+    assert c.prompt_tokens > 0 and c.completion_tokens > 0
+    doc = c.json()
+    assert isinstance(doc, dict) and set(doc) == {"name", "count"}, doc
+    assert isinstance(doc["name"], str) and len(doc["name"]) <= 20, doc
+    assert isinstance(doc["count"], int) and not isinstance(doc["count"], bool) and 0 <= doc["count"] <= 1000, doc
+
+
+@pytest.fixture(scope="module")
+def openai_engine(vllm_server: str):
+    cfg = LLMConfig(
+        engine="openai",
+        model="smollm2",
+        max_model_len=2048,
+        openai=OpenAIOptions(base_url=vllm_server, api_key_env="P4R_TEST_UNSET_KEY", max_concurrency=3, max_retries=2),
+    )
+    engine = build_engine(cfg)
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest) -> Engine:
+    return request.getfixturevalue(request.param)
+
+
+# ------------------------------------------------------------------------------------------- all engines
+
+
+@pytest.mark.slow
+def test_batch_answers_in_order_under_the_schema(engine: Engine) -> None:
+    requests = [
+        ask("apple", "Name a fruit and how many seeds it has."),
+        ask("dog", "Name a pet and how many legs it has."),
+        ask("car", "Name a vehicle and how many wheels it has."),
+    ]
+    out = engine.complete(requests)
+    assert [c.key for c in out] == ["apple", "dog", "car"]
+    for c in out:
+        assert_valid(c)
+
+
+@pytest.mark.slow
+def test_prompt_longer_than_the_context_is_that_request_error(engine: Engine) -> None:
+    out = engine.complete([ask("before", "Name a color and a number."), too_long("long"), ask("after", "Name a city.")])
+    assert [c.key for c in out] == ["before", "long", "after"]
+    assert out[1].error and out[1].text == ""
+    with pytest.raises(ValueError, match="no answer"):
+        out[1].json()
+    assert_valid(out[0])
+    assert_valid(out[2])
+    if engine.name == "openai":  # the server's 400, not retried
+        assert out[1].extra == {"attempts": 1, "status": 400}, out[1]
+
+
+@pytest.mark.slow
+def test_tiny_max_tokens_is_truncated(engine: Engine) -> None:
+    (c,) = engine.complete([ask("short", "Name a fruit.", max_tokens=3)])
+    assert c.error is None, c.error
+    assert c.truncated and c.completion_tokens == 3
+    with pytest.raises(ValueError, match="cut off"):
+        c.json()
+
+
+# ------------------------------------------------------------------------------------------ HTTP engine
+
+
+def test_unreachable_server_is_retried_a_bounded_number_of_times() -> None:
+    port = free_port()  # nothing listens there: every attempt is refused at once
+    cfg = LLMConfig(
+        engine="openai",
+        model="any",
+        openai=OpenAIOptions(base_url=f"http://127.0.0.1:{port}/v1", max_retries=2, timeout_s=5, max_concurrency=2),
+    )
+    with build_engine(cfg) as engine:
+        start = time.monotonic()
+        out = engine.complete([ask("a", "Hi."), ask("b", "Hi.")])
+        elapsed = time.monotonic() - start
+    assert [c.key for c in out] == ["a", "b"]
+    for c in out:
+        assert c.text == "" and c.extra["attempts"] == 3, c
+        assert "after 3 attempts" in c.error and "ConnectError" in c.error, c.error
+    # two backoffs (0.5 s, then 1 s, up to 10% jitter) between the three attempts, in parallel for a and b
+    assert 1.5 <= elapsed < 4, elapsed
+
+
+@pytest.mark.slow
+def test_client_error_from_the_server_is_not_retried(vllm_server: str) -> None:
+    cfg = LLMConfig(engine="openai", model="no-such-model", openai=OpenAIOptions(base_url=vllm_server, max_retries=3))
+    with build_engine(cfg) as engine:
+        start = time.monotonic()
+        (c,) = engine.complete([ask("x", "Hi.")])
+        elapsed = time.monotonic() - start
+    assert c.extra == {"attempts": 1, "status": 404}, c
+    assert c.error.startswith("HTTP 404") and "no-such-model" in c.error, c.error
+    assert elapsed < 5
+
+
+class ScriptedServer:
+    """A real HTTP server on loopback that answers ``/v1/chat/completions`` from a script of responses.
+
+    Each entry is ``(status, headers)``; a 200 carries a valid chat completion. It records every request's
+    headers so a test can see what the engine sent. (It stands in for a flaky provider, not for the engine.)
+    """
+
+    OK_BODY = {
+        "choices": [{"message": {"role": "assistant", "content": '{"name":"fig","count":3}'}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 11, "completion_tokens": 7},
+    }
+
+    def __init__(self, script: list[tuple[int, dict[str, str]]]):
+        self.script = list(script)
+        self.seen: list[dict[str, str]] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                server.seen.append(dict(self.headers))
+                status, headers = server.script.pop(0) if server.script else (200, {})
+                body = json.dumps(server.OK_BODY if status == 200 else {"error": {"message": f"scripted {status}"}})
+                self.send_response(status)
+                for name, value in {**headers, "Content-Type": "application/json"}.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body.encode())
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> ScriptedServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def scripted_engine(server: ScriptedServer, max_retries: int, **opts) -> Engine:
+    return build_engine(
+        LLMConfig(
+            engine="openai",
+            model="scripted",
+            openai=OpenAIOptions(base_url=server.base_url, max_retries=max_retries, timeout_s=5, **opts),
+        )
+    )
+
+
+def test_429_and_5xx_are_retried_with_backoff_and_retry_after() -> None:
+    script = [(503, {}), (429, {"Retry-After": "1"}), (200, {})]
+    with ScriptedServer(script) as server, scripted_engine(server, max_retries=3) as engine:
+        start = time.monotonic()
+        (c,) = engine.complete([ask("x", "Hi.")])
+        elapsed = time.monotonic() - start
+    assert c.error is None and c.json() == {"name": "fig", "count": 3}
+    assert (c.prompt_tokens, c.completion_tokens, c.finish_reason) == (11, 7, "stop")
+    assert c.extra == {"attempts": 3, "status": 200}
+    assert 1.5 <= elapsed < 3, elapsed  # 0.5 s backoff after the 503, then the server's 1 s
+
+
+def test_retries_are_bounded_and_the_last_status_reported() -> None:
+    with ScriptedServer([(500, {})] * 5) as server, scripted_engine(server, max_retries=1) as engine:
+        (c,) = engine.complete([ask("x", "Hi.")])
+    assert c.extra == {"attempts": 2, "status": 500} and len(server.seen) == 2
+    assert c.error == "HTTP 500: scripted 500 (after 2 attempts)"
+
+
+def test_api_key_comes_from_the_named_variable_and_is_never_in_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("P4R_TEST_API_KEY", "sk-test-secret")
+    with ScriptedServer([(401, {})]) as server, scripted_engine(server, 2, api_key_env="P4R_TEST_API_KEY") as engine:
+        (c,) = engine.complete([ask("x", "Hi.")])
+    assert server.seen[0]["Authorization"] == "Bearer sk-test-secret"
+    assert c.extra == {"attempts": 1, "status": 401}  # a 4xx other than 429 is final
+    assert "sk-test-secret" not in c.error
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (None, None),
+        ("", None),
+        ("7", 7.0),
+        (" 2.5 ", 2.5),
+        ("-3", 0.0),
+        ("soon", None),
+        ("Thu, 01 Jan 1970 00:00:00 GMT", 0.0),
+    ],
+)
+def test_retry_after_header(header: str | None, expected: float | None) -> None:
+    assert _retry_after(header) == expected
+
+
+# ------------------------------------------------------------------------------------- building engines
+
+
+def test_importing_the_engines_package_does_not_import_vllm() -> None:
+    code = "import sys, persona4rec.ray_actors.engines; sys.exit('vllm' in sys.modules or 'llama_cpp' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_llamacpp_needs_a_gguf_file_or_a_hub_filename(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="not a GGUF file"):
+        build_engine(LLMConfig(engine="llamacpp", model=str(tmp_path / "missing.gguf")))
+    with pytest.raises(ConfigError, match="llm.llamacpp.filename"):
+        build_engine(LLMConfig(engine="llamacpp", model="someone/some-model-GGUF"))

