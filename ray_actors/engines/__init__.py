@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 from persona4rec.config import LLMConfig
 from persona4rec.errors import StageUnavailable
+from persona4rec.models import resolve_model_ref
 from persona4rec.ray_actors.engines.base import ChatRequest, Completion, Engine
 
 __all__ = ["ChatRequest", "Completion", "Engine", "build_engine"]
@@ -63,4 +64,6 @@ def build_engine(cfg: LLMConfig) -> Engine:
             f"reinstall it: {spec.extra}"
         ) from exc
     engine_cls: type[Engine] = getattr(module, spec.cls)
+    if cfg.engine != "openai":  # an HTTP endpoint names its models itself
+        cfg = cfg.model_copy(update={"model": resolve_model_ref(cfg.model)})
     return engine_cls(cfg)

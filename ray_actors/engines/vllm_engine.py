@@ -31,6 +31,9 @@ class VLLMEngine(Engine):
         if current_platform.is_cpu():
             # vLLM's own knob for the CPU build's KV cache (GiB), read when the engine is configured.
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(opts.cpu_kv_cache_gib)
+        # vLLM reads both of these when the engine is built: engine core and model worker in this process.
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if opts.engine_process else "0"
+        executor = None if opts.engine_process else "uni"
         # The seed is set on the engine, never per request: a per-request seed crashes the CPU build
         # ("CPU Generator does not use offset") and would make answers depend on batch composition anyway.
         self._llm: LLM | None = LLM(
@@ -41,6 +44,7 @@ class VLLMEngine(Engine):
             gpu_memory_utilization=opts.gpu_memory_utilization,
             enforce_eager=opts.enforce_eager,
             seed=cfg.seed,
+            distributed_executor_backend=executor,
             structured_outputs_config={"backend": "xgrammar", "disable_any_whitespace": True},
         )
         self._tokenizer = self._llm.get_tokenizer()
