@@ -87,7 +87,7 @@ def vllm_server(hf: str, log: Path, max_model_len: int):
             os.killpg(proc.pid, signal.SIGKILL)
 
 
-def measure(name: str, cfg, embed, *, engine=None, start_s: float | None = None) -> dict:
+def measure(name: str, cfg, embed, *, engine=None, start_s: float | None = None, sink: Path | None = None) -> dict:
     shutil.rmtree(cfg.artifacts_root / "reason", ignore_errors=True)
     if engine is None:
         t0 = time.perf_counter()
@@ -104,7 +104,7 @@ def measure(name: str, cfg, embed, *, engine=None, start_s: float | None = None)
         if owned:
             engine.close()
     c = result.manifest.counts
-    return {
+    row = {
         "run": name,
         "engine_start_s": round(start_s or 0.0, 1),
         "wall_s": round(wall, 1),
@@ -118,7 +118,13 @@ def measure(name: str, cfg, embed, *, engine=None, start_s: float | None = None)
         "failed": c["items_failed"],
         "failures": c["failures_by_reason"],
         "personas_per_item": c["personas_per_ok_item"],
+        "aspects": c.get("aspects"),
     }
+    print(json.dumps(row), flush=True)
+    if sink is not None:  # each row as soon as it is measured: a long run interrupted keeps what it has
+        with sink.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+    return row
 
 
 def table(rows: list[dict]) -> str:
@@ -144,14 +150,14 @@ def main() -> None:
     ap.add_argument("--runs", default="vllm,llamacpp,openai,paper", help="which rows to measure")
     ap.add_argument("--max-concurrency", type=int, default=16)
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="llama.cpp threads")
-    ap.add_argument("--json", type=Path, help="also write the raw figures here")
+    ap.add_argument("--json", type=Path, help="append each row's raw figures here (JSON lines) as it is measured")
     args = ap.parse_args()
     runs = args.runs.split(",")
     os.environ["HF_HUB_OFFLINE"] = "1"
 
     with tempfile.TemporaryDirectory(prefix="p4r-bench-reason-") as tmp:
         root = Path(tmp)
-        common = [f"reason.limit_items={args.items}", "reason.actors.batch_size=64"]
+        common = [f"reason.limit_items={args.items}", "reason.actors.batch_size=4"]
         prepare_job.run(_config(root, *common), progress=False)
         from pyspark.sql import SparkSession
 
@@ -165,32 +171,30 @@ def main() -> None:
             start = time.perf_counter() - t0
             try:
                 if "vllm" in runs:
-                    rows.append(measure("efficient · vLLM", cfg, embed, engine=engine, start_s=start))
+                    rows.append(measure("efficient · vLLM", cfg, embed, engine=engine, start_s=start, sink=args.json))
                 if "paper" in runs:
                     paper = _config(
                         root, *common, "llm.engine=vllm", f"llm.model={args.hf}", "llm.vllm.engine_process=false",
                         "reason.mode=paper",
                     )  # fmt: skip
-                    rows.append(measure("paper · vLLM", paper, embed, engine=engine, start_s=start))
+                    rows.append(measure("paper · vLLM", paper, embed, engine=engine, start_s=start, sink=args.json))
             finally:
                 engine.close()
         if "llamacpp" in runs:
             cfg = _config(
                 root, *common, "llm.engine=llamacpp", f"llm.model={args.gguf}", f"llm.llamacpp.n_threads={args.threads}"
             )
-            rows.append(measure("efficient · llama.cpp", cfg, embed))
+            rows.append(measure("efficient · llama.cpp", cfg, embed, sink=args.json))
         if "openai" in runs:
             with vllm_server(args.hf, root / "server.log", 4096) as (url, start):
                 cfg = _config(
                     root, *common, "llm.engine=openai", "llm.model=bench", f"llm.openai.base_url={url}",
                     f"llm.openai.max_concurrency={args.max_concurrency}",
                 )  # fmt: skip
-                rows.append(measure("efficient · OpenAI HTTP (vLLM server)", cfg, embed, start_s=start))
+                rows.append(measure("efficient · OpenAI HTTP (vLLM server)", cfg, embed, start_s=start, sink=args.json))
         print()
         print(f"{args.items} Musical Instruments items, model {Path(args.hf).parent.name}, {os.cpu_count()} CPUs")
         print(table(rows))
-        if args.json:
-            args.json.write_text(json.dumps(rows, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -294,6 +294,58 @@ _not_yet("promote", "issue #4 (registry-gated promotion)")
 _not_yet("submit", "issue #7 (cluster job submission)")
 
 
+@main.command()
+@config_options
+@click.option("-i", "--item", "items", multiple=True, metavar="ITEM_ID", help="An item to show (repeatable).")
+@click.option("-n", "--limit", default=5, show_default=True, help="How many items to show when none is named.")
+@click.option("--reviews/--no-reviews", default=True, help="Quote the evidence reviews each persona cites.")
+def personas(loaded: LoadedConfig, items: tuple[str, ...], limit: int, reviews: bool) -> None:
+    """Show items' summaries and personas, with the reviews each persona rests on (Markdown).
+
+    \b
+    Reads the reasoning output for this configuration (the same -d/-c/KEY=VALUE as `p4r reason`).
+    Example:
+      p4r personas -c conf/experiments/offline-cpu.yaml -n 3
+      p4r personas -c conf/experiments/offline-cpu.yaml -i B0002E1G5C -i B000068NW5
+    """
+    import pyarrow.parquet as pq
+
+    from persona4rec.jobs.reason.job import locate
+
+    result = locate(loaded.config)
+    status = {r["item_id"]: r for r in pq.read_table(result.table("item_status")).to_pylist()}
+    summaries = {r["item_id"]: r["summary"] for r in pq.read_table(result.table("summaries")).to_pylist()}
+    by_item: dict[str, list[dict[str, Any]]] = {}
+    for p in pq.read_table(result.table("personas")).to_pylist():
+        by_item.setdefault(p["item_id"], []).append(p)
+    unknown = [i for i in items if i not in status]
+    if unknown:
+        raise Persona4RecError(f"not in the reasoning output: {', '.join(unknown)}")
+    chosen = list(items) or list(status)[:limit]
+    texts: dict[str, str] = {}
+    if reviews:
+        from persona4rec.jobs.prepare.job import locate as prepare_locate
+
+        table = pq.read_table(prepare_locate(loaded.config).table("reviews"), columns=["review_id", "rating", "text"])
+        texts = {r["review_id"]: f"({r['rating']:g}★) {r['text']}" for r in table.to_pylist()}
+    for item_id in chosen:
+        st = status[item_id]
+        click.echo(f"### {item_id}\n")
+        if st["status"] != "ok":
+            click.echo(f"**failed** after {st['attempts']} attempt(s): {st['reason']}\n")
+            continue
+        click.echo(f"*Summary:* {summaries.get(item_id)}\n")
+        for p in sorted(by_item.get(item_id, []), key=lambda p: p["persona_index"]):
+            merged = f" (merged from {p['merged_from']})" if p["merged_from"] > 1 else ""
+            click.echo(f"{p['persona_index']}. **{p['name']}**{merged}: {p['description']}")
+            click.echo(f"   *Rationale:* {p['rationale']}")
+            for review_id in p["evidence"]:
+                quote = texts.get(review_id, "")
+                quote = quote if len(quote) <= 200 else quote[:200].rsplit(" ", 1)[0] + " …"
+                click.echo(f"   - `{review_id}` {quote}".rstrip())
+        click.echo()
+
+
 # -------------------------------------------------------------------------------------------- data
 
 

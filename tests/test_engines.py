@@ -254,7 +254,10 @@ def test_importing_the_engines_package_does_not_import_vllm() -> None:
 
 
 def test_llamacpp_needs_a_gguf_file_or_a_hub_filename(tmp_path) -> None:
-    with pytest.raises(ConfigError, match="not a GGUF file"):
+    with pytest.raises(ConfigError, match="missing.gguf' does not exist"):
         build_engine(LLMConfig(engine="llamacpp", model=str(tmp_path / "missing.gguf")))
+    (tmp_path / "hf-folder").mkdir()  # a Hugging Face folder is for vLLM
+    with pytest.raises(ConfigError, match="not a GGUF file"):
+        build_engine(LLMConfig(engine="llamacpp", model=str(tmp_path / "hf-folder")))
     with pytest.raises(ConfigError, match="llm.llamacpp.filename"):
         build_engine(LLMConfig(engine="llamacpp", model="someone/some-model-GGUF"))

@@ -78,16 +78,26 @@ def _evidence_is_from_the_sample(t, prepared_folder):
 
 
 def test_efficient_mode_on_vllm_then_a_rerun_costs_nothing(mi_config, vllm_engine, smollm2_paths, embed):
-    cfg = _config(
-        mi_config, smollm2_paths.hf, "reason.limit_items=6", "reason.actors.batch_size=3", "reason.max_attempts=2"
-    )
+    overrides = [f"llm.model={smollm2_paths.hf}", EMBEDDER, *SMALL, "reason.limit_items=4", "reason.max_attempts=2"]
+    cfg = mi_config(*overrides, "reason.actors.batch_size=3")
     first = reason_job.run(cfg, engine=vllm_engine, embed=embed, progress=False)
-    t = _check_contracts(first, 6)
+    t = _check_contracts(first, 4)
     assert len(t["personas"]) > 0, t["item_status"].reason.tolist()
+
+    # `p4r personas` shows them, with the reviews they cite
+    from click.testing import CliRunner
+
+    from persona4rec.cli import main
+
+    shown = t["personas"].iloc[0]
+    args = ["personas", f"paths.artifacts={cfg.paths.artifacts}", f"data.local_dir={cfg.data.local_dir}", *overrides]
+    out = CliRunner().invoke(main, [*args, "-i", shown.item_id])
+    assert out.exit_code == 0, out.output
+    assert f"### {shown.item_id}" in out.output and shown["name"] in out.output and shown.evidence[0] in out.output
     _evidence_is_from_the_sample(t, reason_job.prepare_job.locate(cfg).folder)
     counts = first.manifest.counts
-    assert counts["llm_calls"] == int(t["item_status"].calls.sum()) >= 6
-    assert counts["spent_this_run"]["personas"]["units"] == 6
+    assert counts["llm_calls"] == int(t["item_status"].calls.sum()) >= 4
+    assert counts["spent_this_run"]["personas"]["units"] == 4
     assert counts["prompt_tokens"] > 0 and counts["completion_tokens"] > 0
     assert (t["summaries"].source == "reviews").all()  # this catalogue has no metadata
 
@@ -234,8 +244,10 @@ def test_killed_run_resumes_without_redoing_or_losing_work(
         "llm.engine=llamacpp",
         EMBEDDER,
         *SMALL,
-        "reason.limit_items=6",
+        "reason.limit_items=4",
         "reason.actors.batch_size=1",
+        "reason.actors.num_cpus=2",
+        "llm.llamacpp.n_threads=2",
         f"ray.address={ray_cluster}",
     ]
     cfg = mi_config(*overrides)
@@ -266,13 +278,13 @@ def test_killed_run_resumes_without_redoing_or_losing_work(
     from persona4rec.reasoning.cache import ResultCache
 
     done_before = ResultCache(cache).load()
-    assert 1 <= len(done_before) < 6
+    assert 1 <= len(done_before) < 4
 
     result = reason_job.run(cfg, engine=llamacpp_engine, embed=embed, progress=False)
-    assert result.manifest.counts["spent_this_run"]["personas"]["units"] == 6 - len(done_before)
-    t = _check_contracts(result, 6)
+    assert result.manifest.counts["spent_this_run"]["personas"]["units"] == 4 - len(done_before)
+    t = _check_contracts(result, 4)
     after = ResultCache(cache).load()
-    assert set(done_before) <= set(after) and len(after) == 6
+    assert set(done_before) <= set(after) and len(after) == 4
     for key, row in done_before.items():  # finished work was kept, not recomputed
         assert after[key]["created_at"] == row["created_at"] and after[key]["payload"] == row["payload"]
     assert t["item_status"].cache_key.is_unique

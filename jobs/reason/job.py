@@ -287,7 +287,13 @@ def _paper(cfg: Config, prompts: PromptSet, items: list[dict], samples: dict[str
                 st.update(status="failed", reason=row["error"])
         status.append(st)
     tables = {"summaries": summaries, "personas": personas, "item_status": status, "aspects": aspects_table}
-    return tables, _counts(status, personas)
+    counts = _counts(status, personas)
+    counts["aspects"] = {
+        "tuples": len(aspects_table),
+        "failed": sum(a["status"] != "ok" for a in aspects_table),
+        "kept": sum(a["kept"] for a in aspects_table),
+    }
+    return tables, counts
 
 
 def _counts(status: list[dict[str, Any]], personas: list[dict[str, Any]]) -> dict[str, Any]:
