@@ -58,6 +58,18 @@ def fingerprint(stage: str, version: int, stage_config: dict[str, Any], inputs: 
 
 
 @dataclass(frozen=True)
+class StageResult:
+    """A published stage version: where it is, its manifest, and whether this call reused it."""
+
+    folder: Path
+    manifest: Manifest
+    skipped: bool
+
+    def table(self, name: str) -> Path:
+        return self.folder / name
+
+
+@dataclass(frozen=True)
 class StageStore:
     """The versions of one stage's output for one dataset."""
 
@@ -105,6 +117,14 @@ class StageStore:
 
     def point_current(self, folder: Path) -> None:
         _atomic_write(self.root / CURRENT, folder.name + "\n")
+
+    def reuse(self, fp: str) -> StageResult | None:
+        """The finished version for this fingerprint, made current, or None when there is none."""
+        done = self.complete(fp)
+        if done is None:
+            return None
+        self.point_current(done)
+        return StageResult(done, Manifest.read(done), skipped=True)
 
 
 def _atomic_write(path: Path, text: str) -> None:

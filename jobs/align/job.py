@@ -16,8 +16,6 @@ import os
 import platform
 import shutil
 from collections import defaultdict
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -26,7 +24,7 @@ import pyarrow.parquet as pq
 
 import persona4rec
 from persona4rec import schemas
-from persona4rec.artifacts import Manifest, StageStore, Timer, fingerprint
+from persona4rec.artifacts import Manifest, StageResult, StageStore, Timer, fingerprint
 from persona4rec.config import Config
 from persona4rec.jobs.prepare import job as prepare_job
 from persona4rec.jobs.reason import job as reason_job
@@ -39,14 +37,7 @@ STAGE = "align"
 VERSION = 1
 
 
-@dataclass(frozen=True)
-class AlignResult:
-    folder: Path
-    manifest: Manifest
-    skipped: bool
-
-    def table(self, name: str) -> Path:
-        return self.folder / name
+AlignResult = StageResult  # this stage's published version
 
 
 def stage_config(cfg: Config) -> dict[str, Any]:
@@ -76,9 +67,8 @@ def run(
     ]
     fp = fingerprint(STAGE, VERSION, scfg, inputs)
     store = StageStore(cfg.artifacts_root / STAGE)
-    if not (force or retry_failed) and (done := store.complete(fp)) is not None:
-        store.point_current(done)
-        return AlignResult(done, Manifest.read(done), skipped=True)
+    if not (force or retry_failed) and (reused := store.reuse(fp)) is not None:
+        return reused
 
     timer = Timer()
     with timer("read"):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import platform
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from tqdm import tqdm
 
 import persona4rec
 from persona4rec import schemas
-from persona4rec.artifacts import Manifest, StageStore, Timer, fingerprint
+from persona4rec.artifacts import Manifest, StageResult, StageStore, Timer, fingerprint
 from persona4rec.config import Config
 from persona4rec.datasets import ResolvedFile, checked_inputs, resolve_files
 from persona4rec.errors import StageUnavailable
@@ -36,14 +35,7 @@ TABLES = (schemas.REVIEWS, schemas.ITEMS, schemas.INTERACTIONS, schemas.REVIEW_S
 _STEPS = ("read", "clean", "k-core", "split", "samples", "items", "write", "validate")
 
 
-@dataclass(frozen=True)
-class PrepareResult:
-    folder: Path
-    manifest: Manifest
-    skipped: bool
-
-    def table(self, name: str) -> Path:
-        return self.folder / name
+PrepareResult = StageResult  # this stage's published version
 
 
 def stage_config(cfg: Config) -> dict[str, Any]:
@@ -64,9 +56,8 @@ def run(cfg: Config, *, spark: SparkSession | None = None, force: bool = False, 
     scfg = stage_config(cfg)
     fp = fingerprint(STAGE, VERSION, scfg, inputs)
     store = StageStore(cfg.artifacts_root / STAGE)
-    if not force and (done := store.complete(fp)) is not None:
-        store.point_current(done)
-        return PrepareResult(done, Manifest.read(done), skipped=True)
+    if not force and (reused := store.reuse(fp)) is not None:
+        return reused
 
     spark = spark or spark_session(cfg.spark)
     tmp = store.begin(fp)

@@ -18,7 +18,6 @@ import os
 import platform
 import shutil
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ import pyarrow.parquet as pq
 
 import persona4rec
 from persona4rec import schemas
-from persona4rec.artifacts import Manifest, StageStore, Timer, fingerprint
+from persona4rec.artifacts import Manifest, StageResult, StageStore, Timer, fingerprint
 from persona4rec.config import Config
 from persona4rec.errors import StageUnavailable
 from persona4rec.jobs.prepare import job as prepare_job
@@ -41,14 +40,7 @@ VERSION = 1
 TABLES = ("summaries", "personas", "item_status", "aspects")
 
 
-@dataclass(frozen=True)
-class ReasonResult:
-    folder: Path
-    manifest: Manifest
-    skipped: bool
-
-    def table(self, name: str) -> Path:
-        return self.folder / name
+ReasonResult = StageResult  # this stage's published version
 
 
 def stage_config(cfg: Config) -> dict[str, Any]:
@@ -81,9 +73,8 @@ def run(
     inputs = [{"stage": "prepare", "path": str(upstream.folder), "sha256": upstream.manifest.fingerprint}]
     fp = fingerprint(STAGE, VERSION, scfg, inputs)
     store = StageStore(cfg.artifacts_root / STAGE)
-    if not (force or retry_failed) and (done := store.complete(fp)) is not None:
-        store.point_current(done)
-        return ReasonResult(done, Manifest.read(done), skipped=True)
+    if not (force or retry_failed) and (reused := store.reuse(fp)) is not None:
+        return reused
 
     prompts = load_prompts(cfg.reason.prompts)
     ledger = Ledger(ResultCache(cache_dir(cfg)), retry_failed)
