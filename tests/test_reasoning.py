@@ -122,6 +122,7 @@ def test_a_valid_answer_is_cleaned():
         ({"summary": "x.", "personas": [_persona()]}, "persona_count"),
         ({"summary": "x.", "personas": [_persona(), _persona(description="  ")]}, "schema"),
         ({"summary": "x.", "personas": [_persona(), _persona(rationale="Review 6 mentions ")]}, "cut_field"),
+        ({"summary": "x.", "personas": [_persona(), _persona(rationale="They are looking for a")]}, "cut_field"),
         ({"summary": "x.", "personas": [_persona(), _persona(evidence=())]}, "schema"),
         ({"summary": "x.", "personas": [_persona(), {**_persona(), "evidence": ["R1"]}]}, "schema"),
         ({"personas": [_persona(), _persona()]}, "schema"),

@@ -112,6 +112,10 @@ def judge_schema(n_options: int, text_chars: int) -> dict:
 _ID_PREFIX = re.compile(r"^\s*(?:P\s*\d+|Persona\s*\d+|\d+)\s*[:.)\-–]\s*", re.IGNORECASE)
 
 
+_SENTENCE_END = (".", "!", "?", "…", ")", '"', "'")
+_DANGLING = (",", ":", ";", "(", "-")
+
+
 def _field(obj: dict, key: str, cap: int, where: str, *, prose: bool = True) -> str:
     """A non-empty text field. One that hit its cap or stops mid-phrase (a decoder cut it, or a stray
     double quote ended it early) keeps its complete sentences when it has any; otherwise it is rejected."""
@@ -119,7 +123,8 @@ def _field(obj: dict, key: str, cap: int, where: str, *, prose: bool = True) -> 
     if not isinstance(value, str) or not value.strip():
         raise AnswerError("schema", f"{where}.{key} is missing or empty")
     capped = len(value) >= cap
-    if capped or value != value.rstrip() or value.rstrip().endswith((",", ":", ";", "(", "-")):
+    unfinished = not value.rstrip().endswith(_SENTENCE_END) if prose else value.rstrip().endswith(_DANGLING)
+    if capped or value != value.rstrip() or unfinished:
         whole = _complete_sentences(value) if prose else ""
         if not whole:
             why = f"reached its {cap}-character cap" if capped else f"ends mid-phrase: {value[-30:]!r}"
