@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 import persona4rec
 from persona4rec import schemas
 from persona4rec.artifacts import Manifest, StageResult, StageStore, Timer, fingerprint
-from persona4rec.config import Config
+from persona4rec.config import Config, stable_hash
 from persona4rec.errors import StageUnavailable
 from persona4rec.jobs.prepare import job as prepare_job
 from persona4rec.jobs.reason.pool import Ledger, LLMWork, pool_factory
@@ -159,7 +159,7 @@ def _add_cost(status: dict[str, Any], row: dict[str, Any] | None) -> None:
 def _persona_rows(item_id: str, key: str, payload: dict, prompts: PromptSet, model: str) -> list[dict[str, Any]]:
     return [
         {
-            "persona_id": f"{key[:16]}-{n}",
+            "persona_id": f"{stable_hash([item_id, key])[:16]}-{n}",  # two items with equal inputs stay apart
             "item_id": item_id,
             "persona_index": n,
             "name": p["name"],
