@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from persona4rec.config import stable_hash
+from persona4rec.errors import StageUnavailable
 
 MANIFEST = "manifest.json"
 CURRENT = "CURRENT"
@@ -57,6 +58,11 @@ def fingerprint(stage: str, version: int, stage_config: dict[str, Any], inputs: 
     )
 
 
+def upstream(stage: str, result: StageResult) -> dict[str, Any]:
+    """How a stage names one of its inputs in its manifest (and fingerprint)."""
+    return {"stage": stage, "path": str(result.folder), "sha256": result.manifest.fingerprint}
+
+
 @dataclass(frozen=True)
 class StageResult:
     """A published stage version: where it is, its manifest, and whether this call reused it."""
@@ -88,6 +94,13 @@ class StageStore:
             except (json.JSONDecodeError, TypeError):
                 return None
         return None
+
+    def locate(self, fp: str, missing: str) -> StageResult:
+        """The finished version for this fingerprint, for downstream stages; ``missing`` says what to run."""
+        done = self.complete(fp)
+        if done is None:
+            raise StageUnavailable(missing)
+        return StageResult(done, Manifest.read(done), skipped=True)
 
     def current(self) -> Path | None:
         """The version that downstream stages read (the last one published)."""

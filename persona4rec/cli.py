@@ -24,8 +24,9 @@ PIPELINE: tuple[tuple[str, str | None], ...] = (
     ("prepare", None),
     ("reason", None),
     ("align", None),
-    ("embed", "issue #4 (embeddings on Ray)"),
-    ("train", "issue #4 (encoder training on Ray Train)"),
+    ("embed", None),
+    ("train", None),
+    ("promote", None),
     ("index", "issue #5 (persona index in Milvus)"),
     ("candidates", "issue #6 (first-stage candidates)"),
     ("evaluate", "issue #6 (evaluation and reports)"),
@@ -87,8 +88,9 @@ def main() -> None:
       prepare     Spark: raw reviews -> cleaned corpus, leave-one-out split, LLM review samples
       reason      Ray + LLM: item summaries and personas, cached by content hash
       align       positive-persona labels for training interactions (evidence or LLM judge)
-      embed       Ray: persona and interaction embeddings           (not yet available)
-      train       Ray Train: the alignment encoder, into MLflow     (not yet available)
+      embed       Ray Data: base embeddings of persona, interaction and item texts
+      train       Ray Train: the alignment encoder, logged and registered in MLflow
+      promote     MLflow: the champion alias moves only to a better encoder
       index       Milvus: the persona-profiled item index           (not yet available)
       candidates  first-stage CF candidates                         (not yet available)
       evaluate    metrics and reports                               (not yet available)
@@ -273,7 +275,106 @@ def align(loaded: LoadedConfig, force: bool, retry_failed: bool, quiet: bool) ->
     _align(loaded, force=force, quiet=quiet, retry_failed=retry_failed)
 
 
-STAGES: dict[str, Callable[..., None]] = {"prepare": _prepare, "reason": _reason, "align": _align}
+# ------------------------------------------------------------------------------------------ encoder
+
+
+def _embed(loaded: LoadedConfig, *, force: bool, quiet: bool) -> None:
+    from persona4rec.jobs.embed.job import run as embed_run
+
+    result = embed_run(loaded.config, force=force, progress=not quiet)
+    if result.skipped:
+        click.echo(f"embed: up to date, nothing to do ({result.folder})")
+        return
+    c, t = result.manifest.counts, result.manifest.tables
+    click.echo(f"embed: wrote {result.folder}")
+    click.echo(
+        "  " + ", ".join(f"{v['rows']:,} {k.removesuffix('_vectors')}s" for k, v in t.items()) + f"; dim {c['dim']}"
+    )
+    rate = f" at {c['sentences_per_s']:,} texts/s" if c["sentences_per_s"] else ""
+    click.echo(f"  embedded {c['embedded_this_run']:,} new texts{rate}; {c['from_cache']:,} from the cache")
+
+
+@main.command()
+@config_options
+@click.option("--force", is_flag=True, help="Rebuild even when the output for these inputs and config exists.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+def embed(loaded: LoadedConfig, force: bool, quiet: bool) -> None:
+    """Embed every persona, interaction and item text with the base model (a Ray Data actor pool).
+
+    \b
+    Texts follow one template (persona4rec/texts.py) shared by training, indexing and serving.
+    Vectors are cached by content: a rerun, or a catalogue change, embeds only new texts.
+    Settings: embed.model (default all-MiniLM-L6-v2), embed.num_actors, embed.num_gpus, embed.batch_size.
+    """
+    _embed(loaded, force=force, quiet=quiet)
+
+
+def _train(loaded: LoadedConfig, *, force: bool, quiet: bool) -> None:
+    from persona4rec.jobs.train.job import run as train_run
+
+    result = train_run(loaded.config, force=force, progress=not quiet)
+    c = result.manifest.counts
+    if result.skipped:
+        click.echo(f"train: up to date, nothing to do ({result.folder})")
+    else:
+        click.echo(f"train: wrote {result.folder}")
+    d = c["data"]
+    click.echo(
+        f"  {d['train_examples']:,} training examples, {d['heldout_examples']:,} held out, "
+        f"{d['valid_examples']:,} validation users"
+    )
+    for name, value in c["validation"].items():
+        click.echo(f"  {name:<20} {value:.4f}   (chance {c['chance'].get(name, float('nan')):.4f})")
+    click.echo(f"  gamma {c['gamma']:g} (tried {', '.join(c['gamma_scores'])}); best epoch {c['best_epoch']}")
+    m = c["mlflow"]
+    click.echo(f"  registered {m['model']} version {m['version']} (run {m['run_id']})")
+
+
+@main.command()
+@config_options
+@click.option("--force", is_flag=True, help="Retrain even when this configuration was trained on these inputs.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+def train(loaded: LoadedConfig, force: bool, quiet: bool) -> None:
+    """Train the alignment encoder on Ray Train and register it in MLflow.
+
+    \b
+    encoder.mode: head (frozen base + residual head, fast on a CPU), lora (the paper), full, or vanilla
+    (registers the untuned base model). train.num_workers workers (train.use_gpu for GPUs), InfoNCE with
+    in-batch negatives, a checkpoint per epoch, early stopping on train.metric; gamma is then tuned on
+    validation. A crashed run resumes from its last checkpoint when run again.
+    """
+    _train(loaded, force=force, quiet=quiet)
+
+
+def _promote(loaded: LoadedConfig, *, force: bool = False, quiet: bool = False, version: str | None = None) -> None:
+    from persona4rec.jobs.promote.job import run as promote_run
+
+    decision = promote_run(loaded.config, version)
+    click.echo(f"promote: {decision.model} on {decision.metric} (validation)")
+    click.echo("  " + decision.table().replace("\n", "\n  "))
+
+
+@main.command()
+@config_options
+@click.option("--version", "version", metavar="N", help="Registered version to consider (default: the latest).")
+def promote(loaded: LoadedConfig, version: str | None) -> None:
+    """Move the champion alias to a registered encoder if it beats the current champion.
+
+    \b
+    Both are scored now, on the same validation data and train.metric; a tie keeps the champion.
+    The decision is printed and recorded on the model version (tag `promotion`) and in its MLflow run.
+    """
+    _promote(loaded, version=version)
+
+
+STAGES: dict[str, Callable[..., None]] = {
+    "prepare": _prepare,
+    "reason": _reason,
+    "align": _align,
+    "embed": _embed,
+    "train": _train,
+    "promote": _promote,
+}
 
 
 def _not_yet(name: str, pending: str) -> None:
@@ -290,7 +391,6 @@ for _name, _pending in PIPELINE:
     if _pending is not None:
         _not_yet(_name, _pending)
 _not_yet("serve", "issue #5 (recommendation service)")
-_not_yet("promote", "issue #4 (registry-gated promotion)")
 _not_yet("submit", "issue #7 (cluster job submission)")
 
 

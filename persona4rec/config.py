@@ -258,6 +258,105 @@ class AlignConfig(_Section):
     limit_interactions: int | None = Field(None, ge=1, description="Judge only the first N interactions (demos).")
 
 
+# ------------------------------------------------------------------------------------------ encoder
+
+
+class EmbedConfig(_Section):
+    """Base embeddings of every persona, interaction and item text (`p4r embed`), on a Ray Data actor pool."""
+
+    model: str = Field(
+        "sentence-transformers/all-MiniLM-L6-v2",
+        description="Base sentence-transformers model (hub id, path or package:<module>): the 'vanilla' encoder.",
+    )
+    max_length: int = Field(256, ge=16, description="Tokens kept per text (the model's own cap applies too).")
+    batch_size: int = Field(64, ge=1, description="Texts per forward pass.")
+    num_actors: int = Field(1, ge=1, description="Embedding actors (one model each).")
+    num_cpus: float = Field(1.0, gt=0, description="CPUs reserved per actor.")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per actor (the model runs on CUDA when > 0).")
+    chunk_rows: int = Field(2048, ge=1, description="Vectors written per cache part: what a crash can lose at most.")
+
+
+class ProfileConfig(_Section):
+    """User profile: the recency-weighted mean of the last L interaction embeddings (paper Eq. 7)."""
+
+    history: int = Field(10, ge=1, description="L: most recent interactions in a profile.")
+    gamma: float = Field(0.65, gt=0, le=1, description="Recency decay used in training (the release's 0.65).")
+    gamma_grid: list[float] = Field(
+        default_factory=lambda: [0.5, 0.65, 0.8, 0.9, 1.0],
+        description="Values tried on validation after training; the best is stored with the model.",
+    )
+
+    @model_validator(mode="after")
+    def _grid(self) -> ProfileConfig:
+        if not self.gamma_grid or any(not 0 < g <= 1 for g in self.gamma_grid):
+            raise ValueError("gamma_grid must be a non-empty list of values in (0, 1]")
+        return self
+
+
+class LoraOptions(_Section):
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | None = Field(None, description="null: peft's default for the architecture.")
+
+
+class EncoderConfig(_Section):
+    """The alignment encoder: one shared tower for user interactions and personas."""
+
+    mode: Literal["vanilla", "head", "lora", "full"] = Field(
+        "head",
+        description=(
+            "vanilla: the base model untouched; head: a trainable residual linear head on frozen base vectors "
+            "(fast on a CPU); lora: LoRA adapters in the base model (the paper); full: every weight trained."
+        ),
+    )
+    temperature: float = Field(0.05, gt=0, description="InfoNCE temperature tau: logits are cos / tau.")
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    mask: list[Literal["persona", "item", "user"]] = Field(
+        default_factory=lambda: ["persona", "item"],
+        description="In-batch negatives masked as likely false negatives: same persona, same item, same user.",
+    )
+    profile: ProfileConfig = ProfileConfig()
+    lora: LoraOptions = LoraOptions()
+
+
+class TrainConfig(_Section):
+    """Contrastive training on Ray Train (`p4r train`)."""
+
+    num_workers: int = Field(2, ge=1, description="Ray Train workers (data parallel).")
+    use_gpu: bool = Field(False, description="One GPU per worker.")
+    cpus_per_worker: float = Field(1.0, gt=0)
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(
+        64, ge=2, description="Examples per worker per step; negatives are gathered across workers."
+    )
+    lr: float | None = Field(None, gt=0, description="null: per mode (head 1e-3, lora 1e-4, full 2e-5).")
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    patience: int = Field(3, ge=1, description="Epochs without a better validation metric before stopping.")
+    metric: Literal["hr@10", "persona_recall@10"] = Field(
+        "hr@10",
+        description=(
+            "Validation metric for early stopping, gamma and promotion: hr@10 ranks all items with personas for "
+            "each valid-split user; persona_recall@10 ranks all personas for held-out labelled interactions."
+        ),
+    )
+    holdout_users: float = Field(0.1, ge=0, lt=1, description="Share of labelled users whose labels are held out.")
+    max_failures: int = Field(2, ge=0, description="Worker-group restarts from the last checkpoint (FailureConfig).")
+    seed: int = 0
+
+
+class MLflowConfig(_Section):
+    """Tracking and the model registry."""
+
+    tracking_uri: str | None = Field(
+        None, description="null: a SQLite store at <paths.artifacts>/mlflow.db; else any MLflow tracking URI."
+    )
+    experiment: str = "persona4rec"
+    registered_model: str | None = Field(None, description="null: persona4rec-encoder-<dataset>.")
+    champion_alias: str = "champion"
+
+
 # ------------------------------------------------------------------------------------------- whole
 
 
@@ -277,6 +376,10 @@ class Config(_Section):
     llm: LLMConfig = LLMConfig()
     reason: ReasonConfig = ReasonConfig()
     align: AlignConfig = AlignConfig()
+    embed: EmbedConfig = EmbedConfig()
+    encoder: EncoderConfig = EncoderConfig()
+    train: TrainConfig = TrainConfig()
+    mlflow: MLflowConfig = MLflowConfig()
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -294,6 +397,16 @@ class Config(_Section):
     @property
     def artifacts_root(self) -> Path:
         return Path(self.paths.artifacts).expanduser() / _safe_name(self.dataset)
+
+    @property
+    def tracking_uri(self) -> str:
+        if self.mlflow.tracking_uri:
+            return self.mlflow.tracking_uri
+        return f"sqlite:///{(Path(self.paths.artifacts).expanduser() / 'mlflow.db').resolve()}"
+
+    @property
+    def registered_model(self) -> str:
+        return self.mlflow.registered_model or f"persona4rec-encoder-{_safe_name(self.dataset)}"
 
 
 def stable_hash(obj: Any) -> str:

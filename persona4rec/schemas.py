@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
 
@@ -239,6 +240,72 @@ LABELS = TableSchema(
     ),
 )
 
+VECTOR = pa.list_(pa.float32())
+
+
+def vectors_to_arrow(x: np.ndarray) -> pa.ListArray:
+    """(n, d) float32 rows as a list<float32> column, without a Python loop."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n, d = x.shape
+    offsets = pa.array(np.arange(n + 1, dtype=np.int32) * d)
+    return pa.ListArray.from_arrays(offsets, pa.array(x.ravel()), type=VECTOR)
+
+
+def arrow_to_vectors(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A list<float32> column of equal-length rows as an (n, d) float32 array."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks else pa.array([], VECTOR)
+    if len(column) == 0:
+        return np.zeros((0, 0), dtype=np.float32)
+    return column.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(column), -1)
+
+
+PERSONA_VECTORS = TableSchema(
+    name="persona_vectors",
+    doc="Every persona as the text the encoder reads (persona4rec.texts) and its base-embedder vector.",
+    key=("persona_id",),
+    columns=(
+        _c("persona_id", STR, "Persona id (personas table)."),
+        _c("item_id", STR, "The persona's item."),
+        _c("text", STR, "Persona text: name, description, item summary, rationale (one template everywhere)."),
+        _c("vector", VECTOR, "Unit-length base embedding of the text (embed.model)."),
+    ),
+)
+
+INTERACTION_VECTORS = TableSchema(
+    name="interaction_vectors",
+    doc=(
+        "Every interaction (all splits) as the user-side text the encoder reads (item summary + the user's own "
+        "review, or its aspects in paper mode) and its base-embedder vector: what user profiles are made of."
+    ),
+    key=("user_id", "position"),
+    columns=(
+        _c("user_id", STR, "User id."),
+        _c("position", I64, "0-based index in the user's chronological history."),
+        _c("item_id", STR, "Item id."),
+        _c("review_id", STR, "The review behind the interaction."),
+        _c("split", STR, "'train', 'valid' or 'test'."),
+        _c("rating", F64, "Star rating."),
+        _c("text", STR, "Interaction text (persona4rec.texts)."),
+        _c("vector", VECTOR, "Unit-length base embedding of the text."),
+    ),
+)
+
+ITEM_VECTORS = TableSchema(
+    name="item_vectors",
+    doc=(
+        "One row per item: its summary text and base embedding (the summary-only index, and the fallback of "
+        "items without personas)."
+    ),
+    key=("item_id",),
+    columns=(
+        _c("item_id", STR, "Item id."),
+        _c("has_personas", BOOL, "True when reasoning produced personas for the item."),
+        _c("text", STR, "Item text (persona4rec.texts): the LLM summary, else title, else the id."),
+        _c("vector", VECTOR, "Unit-length base embedding of the text."),
+    ),
+)
+
 TABLES: dict[str, TableSchema] = {
     t.name: t
     for t in (
@@ -252,6 +319,9 @@ TABLES: dict[str, TableSchema] = {
         ITEM_STATUS,
         ASPECTS,
         LABELS,
+        PERSONA_VECTORS,
+        INTERACTION_VECTORS,
+        ITEM_VECTORS,
     )
 }
 

@@ -1,4 +1,8 @@
-"""A sentence-transformers embedder: the one way every part of the system turns text into unit vectors."""
+"""Sentence embeddings: the one way every part of the system turns text into unit vectors.
+
+:func:`load_embedder` is used in-process (persona de-duplication); :class:`BatchEmbedder` is the same
+model as a Ray Data actor (one model per actor, batches of texts in, vectors out) for `p4r embed`.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +14,17 @@ from persona4rec.errors import StageUnavailable
 from persona4rec.models import resolve_model_ref
 
 
-def load_embedder(ref: str, *, device: str = "cpu", batch_size: int = 64) -> Callable[[list[str]], np.ndarray]:
+def load_embedder(
+    ref: str, *, device: str = "cpu", batch_size: int = 64, max_length: int | None = None
+) -> Callable[[list[str]], np.ndarray]:
     """texts -> float32 L2-normalised vectors, one row per text."""
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError:
         raise StageUnavailable("embeddings need sentence-transformers: pip install 'persona4rec[embed]'") from None
     model = SentenceTransformer(resolve_model_ref(ref), device=device)
+    if max_length is not None:
+        model.max_seq_length = min(max_length, model.max_seq_length or max_length)
 
     def embed(texts: list[str]) -> np.ndarray:
         vectors = model.encode(
@@ -25,3 +33,15 @@ def load_embedder(ref: str, *, device: str = "cpu", batch_size: int = 64) -> Cal
         return np.asarray(vectors, dtype=np.float32)
 
     return embed
+
+
+class BatchEmbedder:
+    """A Ray Data map_batches callable: {"key", "text"} columns in, {"key", "vector"} out."""
+
+    def __init__(self, ref: str, max_length: int, batch_size: int, use_gpu: bool) -> None:
+        self.embed = load_embedder(
+            ref, device="cuda" if use_gpu else "cpu", batch_size=batch_size, max_length=max_length
+        )
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {"key": batch["key"], "vector": self.embed([str(t) for t in batch["text"]])}

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 import persona4rec
 from persona4rec import schemas
-from persona4rec.artifacts import Manifest, StageResult, StageStore, Timer, fingerprint
+from persona4rec.artifacts import Manifest, StageResult, StageStore, Timer, fingerprint, upstream
 from persona4rec.config import Config
 from persona4rec.jobs.prepare import job as prepare_job
 from persona4rec.jobs.reason import job as reason_job
@@ -49,6 +49,18 @@ def stage_config(cfg: Config) -> dict[str, Any]:
     return out
 
 
+def _inputs(cfg: Config) -> tuple[Any, Any, list[dict[str, Any]]]:
+    prepared, reasoned = prepare_job.locate(cfg), reason_job.locate(cfg)
+    return prepared, reasoned, [upstream("prepare", prepared), upstream("reason", reasoned)]
+
+
+def locate(cfg: Config) -> AlignResult:
+    """The finished labels for this configuration, for downstream stages."""
+    _, _, inputs = _inputs(cfg)
+    fp = fingerprint(STAGE, VERSION, stage_config(cfg), inputs)
+    return StageStore(cfg.artifacts_root / STAGE).locate(fp, f"no labels for {cfg.dataset}: run `p4r align` first")
+
+
 def run(
     cfg: Config,
     *,
@@ -58,13 +70,8 @@ def run(
     retry_failed: bool = False,
     progress: bool = True,
 ) -> AlignResult:
-    prepared = prepare_job.locate(cfg)
-    reasoned = reason_job.locate(cfg)
+    prepared, reasoned, inputs = _inputs(cfg)
     scfg = stage_config(cfg)
-    inputs = [
-        {"stage": "prepare", "path": str(prepared.folder), "sha256": prepared.manifest.fingerprint},
-        {"stage": "reason", "path": str(reasoned.folder), "sha256": reasoned.manifest.fingerprint},
-    ]
     fp = fingerprint(STAGE, VERSION, scfg, inputs)
     store = StageStore(cfg.artifacts_root / STAGE)
     if not (force or retry_failed) and (reused := store.reuse(fp)) is not None:

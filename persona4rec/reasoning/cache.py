@@ -49,10 +49,14 @@ def content_key(kind: str, **parts: Any) -> str:
 
 
 class ResultCache:
-    """Append-only Parquet parts under ``folder``; the newest row of a key wins."""
+    """Append-only Parquet parts under ``folder``; the newest row of a key wins.
 
-    def __init__(self, folder: Path) -> None:
+    ``schema`` must have a ``key`` column; LLM results use :data:`RESULT_SCHEMA`, vectors their own.
+    """
+
+    def __init__(self, folder: Path, schema: pa.Schema = RESULT_SCHEMA) -> None:
         self.folder = folder
+        self.schema = schema
         folder.mkdir(parents=True, exist_ok=True)
         for stale in folder.glob(".tmp-*"):
             stale.unlink(missing_ok=True)
@@ -63,16 +67,25 @@ class ResultCache:
     def load(self) -> dict[str, dict[str, Any]]:
         rows: dict[str, dict[str, Any]] = {}
         for part in self.parts():
-            for row in pq.read_table(part, schema=RESULT_SCHEMA).to_pylist():
+            for row in pq.read_table(part, schema=self.schema).to_pylist():
                 rows[row["key"]] = row
         return rows
 
+    def load_table(self) -> pa.Table:
+        """Every stored row, oldest part first (for large payloads such as vectors)."""
+        tables = [pq.read_table(part, schema=self.schema) for part in self.parts()]
+        return pa.concat_tables(tables) if tables else self.schema.empty_table()
+
     def append(self, rows: Iterable[dict[str, Any]]) -> Path | None:
         now = datetime.now(UTC).isoformat(timespec="seconds")
-        rows = [{"created_at": now, **row} for row in rows]
+        stamp = {"created_at": now} if "created_at" in self.schema.names else {}
+        rows = [{**stamp, **row} for row in rows]
         if not rows:
             return None
-        table = pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)
+        return self.append_table(pa.Table.from_pylist(rows, schema=self.schema))
+
+    def append_table(self, table: pa.Table) -> Path:
+        """Write one part atomically (temporary name, fsync, rename)."""
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
         final = self.folder / f"part-{stamp}-{uuid.uuid4().hex[:8]}.parquet"
         tmp = self.folder / f".tmp-{final.name}"

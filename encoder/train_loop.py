@@ -1,0 +1,200 @@
+"""The per-worker training loop that Ray Train runs (data parallel, one process per worker).
+
+Each epoch every worker takes an equal shard of a seeded permutation of the training examples, encodes
+its batch (history interactions and positive personas in one forward pass), gathers the personas of all
+workers as negatives, and steps on the InfoNCE loss. Rank 0 then validates, the verdict is broadcast,
+and a checkpoint is reported holding the latest state (to resume after a failure) and the best state so
+far (what training returns). Early stopping ends every worker on the same epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from persona4rec.encoder.data import AlignmentData, Examples
+from persona4rec.encoder.loss import false_negative_mask, info_nce
+from persona4rec.encoder.model import EncoderSpec, TextTower, _encode, build_tower, load_trainable, trainable_state
+from persona4rec.encoder.profile import history_weights
+from persona4rec.encoder.validate import evaluate
+
+STATE_FILE = "state.pt"
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    import ray.train
+    import ray.train.torch
+
+    data: AlignmentData = config["data"]
+    spec: EncoderSpec = config["spec"]
+    s: dict[str, Any] = config["settings"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.manual_seed(s["seed"])
+    device = ray.train.torch.get_device()
+
+    tower = build_tower(spec, str(device))
+    state = _restore(ray.train.get_checkpoint())
+    if state is not None:
+        load_trainable(tower, state["model"])
+    # a text tower computes parts the loss never reads (e.g. BERT's pooler): DDP must be told
+    ddp_kwargs = None if spec.uses_base_vectors else {"find_unused_parameters": True}
+    model = ray.train.torch.prepare_model(
+        tower, parallel_strategy="ddp" if world > 1 else None, parallel_strategy_kwargs=ddp_kwargs
+    )
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=s["lr"], weight_decay=s["weight_decay"])
+    per_worker = max(len(data.train) // world, 1)
+    steps = s["epochs"] * math.ceil(per_worker / s["batch_size"])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_linear(int(steps * s["warmup_ratio"]), steps))
+    start, best, best_state, best_epoch, bad, history = 0, -1.0, trainable_state(model), -1, 0, []
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start, best, best_state, best_epoch, bad, history = (
+            state["epoch"] + 1, state["best"], state["best_state"], state["best_epoch"], state["bad_epochs"],
+            state["history"],
+        )  # fmt: skip
+
+    for epoch in range(start, s["epochs"]):
+        t0 = time.perf_counter()
+        model.train()
+        perm = np.random.default_rng(s["seed"] + epoch).permutation(len(data.train))
+        shard = perm[(rank * per_worker) % len(perm) :][:per_worker]
+        losses = []
+        for lo in range(0, len(shard), s["batch_size"]):
+            batch = data.train.take(shard[lo : lo + s["batch_size"]])
+            loss = _loss(model, spec, data, batch, s, world, rank, device)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.item())
+        train_s = time.perf_counter() - t0
+        metrics = _validate(model, spec, data, device) if rank == 0 else None
+        if world > 1:
+            box = [metrics]
+            dist.broadcast_object_list(box, src=0)
+            metrics = box[0]
+        score = metrics[s["metric"]]
+        if score > best:
+            best, best_state, best_epoch, bad = score, trainable_state(model), epoch, 0
+        else:
+            bad += 1
+        report = {
+            **metrics,
+            "epoch": epoch,
+            "loss": float(np.mean(losses)) if losses else float("nan"),
+            "best": best,
+            "best_epoch": best_epoch,
+            "resumed_from": start,
+            "examples_per_s": len(shard) * world / max(train_s, 1e-9),
+            "epoch_s": time.perf_counter() - t0,
+        }
+        history.append(report)
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if rank == 0:
+                torch.save(
+                    {
+                        "epoch": epoch, "model": trainable_state(model), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "best": best, "best_state": best_state,
+                        "best_epoch": best_epoch, "bad_epochs": bad, "history": history,
+                    },
+                    Path(tmp) / STATE_FILE,
+                )  # fmt: skip
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(report, checkpoint=checkpoint, checkpoint_dir_name=f"epoch-{epoch:04d}")
+        if bad >= s["patience"]:
+            break
+
+
+def _warmup_linear(warmup: int, total: int):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(total - warmup, 1))
+
+    return factor
+
+
+def _restore(checkpoint: Any) -> dict[str, Any] | None:
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        return torch.load(Path(folder) / STATE_FILE, weights_only=False)
+
+
+def encode_batch(
+    model: torch.nn.Module, spec: EncoderSpec, data: AlignmentData, interactions: np.ndarray, personas: np.ndarray
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encoder vectors of some interactions and personas, in a single forward pass (DDP wants one)."""
+    device = next(model.parameters()).device
+    if spec.uses_base_vectors:
+        x = np.concatenate([data.interaction_vectors[interactions], data.persona_vectors[personas]])
+        out = model(torch.from_numpy(x).to(device))
+    else:
+        tower: TextTower = getattr(model, "module", model)
+        texts = [data.interaction_texts[i] for i in interactions] + [data.persona_texts[j] for j in personas]
+        out = model(tower.tokenize(texts))
+    return out[: len(interactions)], out[len(interactions) :]
+
+
+def _loss(model, spec: EncoderSpec, data: AlignmentData, batch: Examples, s, world: int, rank: int, device):
+    flat, inverse = np.unique(batch.history[batch.history >= 0], return_inverse=True)
+    inter, pers = encode_batch(model, spec, data, flat, batch.positive)
+    weights = torch.from_numpy(history_weights(batch.lengths, batch.history.shape[1], spec.gamma)).to(device)
+    slots = np.zeros(batch.history.shape, dtype=np.int64)
+    slots[batch.history >= 0] = inverse
+    hist = inter[torch.from_numpy(slots).to(device)]  # (B, L, d); padding slots hold row 0 with weight 0
+    users = torch.nn.functional.normalize((weights[..., None] * hist).sum(1), dim=-1)
+
+    keys = {
+        "persona": torch.from_numpy(batch.positive).to(device),
+        "item": torch.from_numpy(data.persona_item[batch.positive]).to(device),
+        "user": torch.from_numpy(batch.user).to(device),
+    }
+    cols = dict(keys)
+    if world > 1:
+        from torch.distributed.nn.functional import all_gather
+
+        pers = torch.cat(all_gather(pers))
+        for name, local in keys.items():
+            parts = [torch.empty_like(local) for _ in range(world)]
+            dist.all_gather(parts, local)
+            cols[name] = torch.cat(parts)
+    positives = torch.arange(len(users), device=device) + rank * len(users)
+    mask = false_negative_mask([keys[m] for m in s["mask"]], [cols[m] for m in s["mask"]]) if s["mask"] else None
+    return info_nce(
+        users, pers, positives, temperature=s["temperature"], false_negatives=mask, label_smoothing=s["label_smoothing"]
+    )
+
+
+def encoder_vectors(model: torch.nn.Module, spec: EncoderSpec, data: AlignmentData) -> tuple[np.ndarray, np.ndarray]:
+    """Encoder vectors of every persona and of the interactions validation needs (others left zero)."""
+    module = getattr(model, "module", model)
+    module.eval()
+    with torch.inference_mode():
+        if spec.uses_base_vectors:
+            device = next(module.parameters()).device if any(True for _ in module.parameters()) else "cpu"
+            personas = module(torch.from_numpy(data.persona_vectors).to(device)).cpu().numpy()
+            interactions = module(torch.from_numpy(data.interaction_vectors).to(device)).cpu().numpy()
+            return personas, interactions
+        personas = _encode(module, data.persona_texts, 64)
+        needed = data.needed_interactions()
+        interactions = np.zeros((len(data.interaction_texts), personas.shape[1]), dtype=np.float32)
+        if len(needed):
+            interactions[needed] = _encode(module, [data.interaction_texts[i] for i in needed], 64)
+        return personas, interactions
+
+
+def _validate(model, spec: EncoderSpec, data: AlignmentData, device) -> dict[str, float]:
+    personas, interactions = encoder_vectors(model, spec, data)
+    return evaluate(data, personas, interactions, spec.gamma)

@@ -1,0 +1,223 @@
+"""The embed stage: every text the encoder reads, with its base-embedder vector.
+
+Texts come from :mod:`persona4rec.texts` (one template for training, indexing and serving):
+persona texts, interaction texts (all splits: serving builds profiles from the latest ones) and item
+texts (summary-only index, fallback of items without personas). Vectors are computed on a Ray Data
+actor pool and stored in a content-addressed cache (hash of model, max length and text) in chunks of
+``embed.chunk_rows``: a rerun embeds only texts it has not seen, a crash loses at most the chunks in
+flight, and a catalogue change re-embeds only what changed.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import time
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+import persona4rec
+from persona4rec import schemas
+from persona4rec.artifacts import Manifest, StageResult, StageStore, Timer, fingerprint, upstream
+from persona4rec.config import Config
+from persona4rec.errors import StageUnavailable
+from persona4rec.jobs.prepare import job as prepare_job
+from persona4rec.jobs.reason import job as reason_job
+from persona4rec.reasoning.cache import ResultCache, content_key
+from persona4rec.texts import TEXTS_VERSION, interaction_text, item_text, persona_text
+
+STAGE = "embed"
+VERSION = 1
+VECTOR_CACHE = pa.schema([("key", pa.string()), ("vector", schemas.VECTOR)])
+
+EmbedResult = StageResult
+
+
+def stage_config(cfg: Config) -> dict[str, Any]:
+    """What the vectors depend on (actor counts and batch sizes do not change them)."""
+    return {
+        "model": cfg.embed.model,
+        "max_length": cfg.embed.max_length,
+        "texts": TEXTS_VERSION,
+        "mode": cfg.reason.mode,
+    }
+
+
+def _inputs(cfg: Config):
+    prepared, reasoned = prepare_job.locate(cfg), reason_job.locate(cfg)
+    return prepared, reasoned, [upstream("prepare", prepared), upstream("reason", reasoned)]
+
+
+def locate(cfg: Config) -> EmbedResult:
+    _, _, inputs = _inputs(cfg)
+    fp = fingerprint(STAGE, VERSION, stage_config(cfg), inputs)
+    return StageStore(cfg.artifacts_root / STAGE).locate(fp, f"no embeddings for {cfg.dataset}: run `p4r embed` first")
+
+
+def run(cfg: Config, *, force: bool = False, progress: bool = True) -> EmbedResult:
+    prepared, reasoned, inputs = _inputs(cfg)
+    scfg = stage_config(cfg)
+    fp = fingerprint(STAGE, VERSION, scfg, inputs)
+    store = StageStore(cfg.artifacts_root / STAGE)
+    if not force and (reused := store.reuse(fp)) is not None:
+        return reused
+
+    timer = Timer()
+    with timer("texts"):
+        tables = build_texts(cfg, prepared, reasoned)
+    cache = ResultCache(cfg.artifacts_root / STAGE / "cache", VECTOR_CACHE)
+    keys = {name: [_key(cfg, t) for t in table["text"].to_pylist()] for name, table in tables.items()}
+    with timer("cache_read"):
+        cached = cache.load_table()
+        known = set(cached["key"].to_pylist())
+    todo: dict[str, str] = {}
+    for name, table in tables.items():
+        for key, text in zip(keys[name], table["text"].to_pylist(), strict=True):
+            if key not in known:
+                todo.setdefault(key, text)
+    with timer("embed"):
+        embedded = _embed(cfg, todo, cache, progress) if todo else 0
+    embed_s = timer.timings.get("embed", 0.0)
+
+    with timer("write"):
+        vectors = cache.load_table()
+        row_of = {k: i for i, k in enumerate(vectors["key"].to_pylist())}  # the newest row of a key wins
+        tmp = store.begin(fp)
+        manifest = Manifest(
+            stage=STAGE,
+            fingerprint=fp,
+            config_hash=cfg.hash(),
+            stage_config=scfg,
+            inputs=inputs,
+            environment={"persona4rec": persona4rec.__version__, "python": platform.python_version()},
+        )
+        try:
+            for name, table in tables.items():
+                rows = pa.array([row_of[k] for k in keys[name]], pa.int64())
+                out = table.append_column("vector", vectors["vector"].take(rows))
+                (tmp / name).mkdir()
+                pq.write_table(out, tmp / name / "part-0.parquet")
+                manifest.tables[name] = {"rows": schemas.validate_parquet(tmp / name, schemas.TABLES[name])}
+            dim = len(vectors["vector"][0]) if len(vectors) else 0
+            manifest.counts = {
+                "texts": sum(len(k) for k in keys.values()),
+                "unique_texts": len({k for ks in keys.values() for k in ks}),
+                "embedded_this_run": embedded,
+                "from_cache": len({k for ks in keys.values() for k in ks}) - embedded,
+                "dim": dim,
+                "sentences_per_s": round(embedded / embed_s, 1) if embedded and embed_s else None,
+            }
+            manifest.timings_s = timer.timings
+            manifest.environment["cpu_count"] = str(os.cpu_count())
+            manifest.write(tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    cache.compact()
+    return EmbedResult(store.publish(tmp, fp), manifest, skipped=False)
+
+
+def _key(cfg: Config, text: str) -> str:
+    return content_key("embed", model=cfg.embed.model, max_length=cfg.embed.max_length, text=text)
+
+
+def build_texts(cfg: Config, prepared: StageResult, reasoned: StageResult) -> dict[str, pa.Table]:
+    """The three text tables (without vectors), in key order."""
+    items = pq.read_table(prepared.table("items"), columns=["item_id", "title"]).to_pylist()
+    summaries = {r["item_id"]: r["summary"] for r in pq.read_table(reasoned.table("summaries")).to_pylist()}
+    personas = pq.read_table(reasoned.table("personas")).sort_by("persona_id").to_pylist()
+    item_texts = {i["item_id"]: item_text(i["item_id"], summaries.get(i["item_id"]), i["title"]) for i in items}
+    with_personas = {p["item_id"] for p in personas}
+
+    aspects: dict[str, str] = {}
+    if cfg.reason.mode == "paper" and (reasoned.folder / "aspects").exists():
+        kept = pq.read_table(reasoned.table("aspects"))
+        kept = kept.filter(pc.and_(pc.equal(kept["status"], "ok"), pc.equal(kept["kept"], True)))
+        aspects = dict(zip(kept["review_id"].to_pylist(), kept["aspects_json"].to_pylist(), strict=True))
+    reviews = pq.read_table(prepared.table("reviews"), columns=["review_id", "title", "text"]).to_pylist()
+    review_of = {r["review_id"]: r for r in reviews}
+    interactions = pq.read_table(prepared.table("interactions")).sort_by(
+        [("user_id", "ascending"), ("position", "ascending")]
+    )
+    inter_rows = []
+    for r in interactions.to_pylist():
+        review = review_of[r["review_id"]]
+        text = interaction_text(
+            item_texts[r["item_id"]],
+            review_title=review["title"],
+            review_text=review["text"],
+            aspects_json=aspects.get(r["review_id"]),
+        )
+        inter_rows.append({k: r[k] for k in ("user_id", "position", "item_id", "review_id", "split", "rating")})
+        inter_rows[-1]["text"] = text
+
+    def table(rows: list[dict], schema: schemas.TableSchema) -> pa.Table:
+        fields = [f for f in schema.arrow() if f.name != "vector"]
+        return pa.Table.from_pylist(rows, schema=pa.schema(fields))
+
+    return {
+        "persona_vectors": table(
+            [
+                {
+                    "persona_id": p["persona_id"],
+                    "item_id": p["item_id"],
+                    "text": persona_text(p, item_texts[p["item_id"]]),
+                }
+                for p in personas
+            ],
+            schemas.PERSONA_VECTORS,
+        ),
+        "interaction_vectors": table(inter_rows, schemas.INTERACTION_VECTORS),
+        "item_vectors": table(
+            [{"item_id": i, "has_personas": i in with_personas, "text": t} for i, t in sorted(item_texts.items())],
+            schemas.ITEM_VECTORS,
+        ),
+    }
+
+
+def _embed(cfg: Config, todo: dict[str, str], cache: ResultCache, progress: bool) -> int:
+    """Embed texts on a Ray Data actor pool, appending each chunk to the cache as it arrives."""
+    try:
+        import ray.data
+    except ImportError:
+        raise StageUnavailable("embedding runs on Ray Data: pip install 'persona4rec[ray]'") from None
+    from persona4rec.infra.ray import ensure_ray
+    from persona4rec.ray_actors.embedder import BatchEmbedder
+
+    ensure_ray(cfg.ray)
+    e = cfg.embed
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = progress
+    source = pa.table({"key": list(todo), "text": list(todo.values())})
+    blocks = max(1, min(len(todo) // e.batch_size, 4 * e.num_actors))
+    ds = ray.data.from_arrow(source).repartition(blocks)
+    vectors = ds.map_batches(
+        BatchEmbedder,
+        fn_constructor_kwargs={
+            "ref": e.model,
+            "max_length": e.max_length,
+            "batch_size": e.batch_size,
+            "use_gpu": e.num_gpus > 0,
+        },  # fmt: skip
+        batch_size=e.batch_size,
+        concurrency=e.num_actors,
+        num_cpus=e.num_cpus,
+        num_gpus=e.num_gpus,
+    )
+    done, t0 = 0, time.perf_counter()
+    with tqdm(total=len(todo), desc="embed", unit="text", disable=not progress) as bar:
+        for batch in vectors.iter_batches(batch_size=e.chunk_rows, batch_format="numpy"):
+            vecs = np.asarray(batch["vector"], dtype=np.float32)
+            cache.append_table(
+                pa.table({"key": pa.array(batch["key"], pa.string()), "vector": schemas.vectors_to_arrow(vecs)})
+            )
+            done += len(vecs)
+            bar.update(len(vecs))
+            bar.set_postfix(texts_per_s=f"{done / (time.perf_counter() - t0):.0f}")
+    return done

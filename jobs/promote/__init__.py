@@ -1,0 +1,1 @@
+"""`p4r promote`: move the champion alias to a better registered encoder."""

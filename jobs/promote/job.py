@@ -1,0 +1,96 @@
+"""Promotion: the champion alias moves to a registered encoder only if it beats the champion.
+
+Both are scored on the current validation data (same users, same personas, each with its own tuned
+gamma), on ``train.metric``; a tie keeps the champion. The comparison is returned for printing and
+recorded on the candidate's model version (tag ``promotion``) and as an artifact of its run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+
+from persona4rec.config import Config
+from persona4rec.encoder.data import AlignmentData
+from persona4rec.encoder.model import Encoder
+from persona4rec.encoder.train_loop import encoder_vectors
+from persona4rec.encoder.validate import evaluate
+from persona4rec.errors import StageUnavailable
+from persona4rec.jobs.align import job as align_job
+from persona4rec.jobs.embed import job as embed_job
+from persona4rec.jobs.train.job import load_data
+from persona4rec.texts import TEXTS_VERSION
+
+
+@dataclass(frozen=True)
+class Promotion:
+    model: str
+    metric: str
+    candidate: str
+    candidate_score: float
+    champion: str | None
+    champion_score: float | None
+    promoted: bool
+    reason: str
+    at: str
+
+    def table(self) -> str:
+        rows = [
+            f"{'':<11}{'version':>8}  {self.metric:>18}",
+            f"{'candidate':<11}{self.candidate:>8}  {self.candidate_score:>18.4f}",
+        ]
+        if self.champion is not None:
+            rows.append(f"{'champion':<11}{self.champion:>8}  {self.champion_score:>18.4f}")
+        rows.append(("promoted: " if self.promoted else "kept: ") + self.reason)
+        return "\n".join(rows)
+
+
+def score(encoder: Encoder, data: AlignmentData, cfg: Config, metric: str) -> float:
+    """The encoder's validation metric at its own gamma, on the current embed/align outputs."""
+    if encoder.spec.texts_version != TEXTS_VERSION:
+        raise StageUnavailable(
+            f"encoder reads texts {encoder.spec.texts_version}, this code writes {TEXTS_VERSION}: retrain it"
+        )
+    same_base = encoder.spec.base == cfg.embed.model and encoder.spec.max_length == cfg.embed.max_length
+    if encoder.spec.uses_base_vectors and same_base:
+        personas, interactions = encoder_vectors(encoder.tower, encoder.spec, data)
+    else:  # its base differs from the embedded vectors': encode the texts it needs
+        personas = encoder.encode(data.persona_texts)
+        needed = data.needed_interactions()
+        interactions = np.zeros((len(data.interaction_texts), personas.shape[1]), dtype=np.float32)
+        interactions[needed] = encoder.encode([data.interaction_texts[i] for i in needed])
+    return evaluate(data, personas, interactions, encoder.spec.gamma)[metric]
+
+
+def run(cfg: Config, version: str | None = None) -> Promotion:
+    from persona4rec.infra import mlflow as registry
+
+    candidate = version or registry.latest_version(cfg)
+    current = registry.champion(cfg)
+    metric = cfg.train.metric
+    data = load_data(cfg, embed_job.locate(cfg), align_job.locate(cfg))
+    cand_score = score(registry.load_encoder(cfg, candidate), data, cfg, metric)
+    champ_score = None
+    if current is None:
+        promoted, reason = True, "no champion yet"
+    elif current == candidate:
+        champ_score, promoted, reason = cand_score, False, f"version {candidate} is already the champion"
+    else:
+        champ_score = score(registry.load_encoder(cfg, current), data, cfg, metric)
+        promoted = cand_score > champ_score
+        reason = (
+            f"{metric} {cand_score:.4f} > {champ_score:.4f}"
+            if promoted
+            else f"{metric} {cand_score:.4f} does not beat the champion's {champ_score:.4f}"
+        )
+    decision = Promotion(
+        cfg.registered_model, metric, candidate, cand_score, current, champ_score, promoted, reason,
+        datetime.now(UTC).isoformat(timespec="seconds"),
+    )  # fmt: skip
+    if promoted:
+        registry.set_champion(cfg, candidate, asdict(decision))
+    else:
+        registry.record_decision(cfg, candidate, asdict(decision))
+    return decision

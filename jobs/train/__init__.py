@@ -1,0 +1,1 @@
+"""`p4r train`: the alignment encoder on Ray Train, logged and registered in MLflow."""

@@ -1,0 +1,141 @@
+"""The train stage: fit the alignment encoder on Ray Train, log it to MLflow and register it.
+
+Inputs are the embed stage (texts and base vectors) and the align stage (positive personas of training
+interactions). The output version holds the encoder folder and a manifest with the validation metrics
+(against chance and the untrained start), the per-epoch history and the registry version. The Ray Train
+run is named by the stage fingerprint, so a `p4r train` that crashed resumes from its last checkpoint
+when run again. ``encoder.mode=vanilla`` skips training and registers the untuned base model, so that
+it can be compared and promoted like any other version.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+from typing import Any
+
+import pyarrow.parquet as pq
+
+import persona4rec
+from persona4rec.artifacts import Manifest, StageResult, StageStore, Timer, fingerprint, upstream
+from persona4rec.config import Config
+from persona4rec.encoder import data as alignment
+from persona4rec.encoder.fit import fit, settings_from, spec_from
+from persona4rec.jobs.align import job as align_job
+from persona4rec.jobs.embed import job as embed_job
+from persona4rec.texts import TEXTS_VERSION
+
+STAGE = "train"
+VERSION = 1
+
+TrainResult = StageResult
+
+
+def stage_config(cfg: Config) -> dict[str, Any]:
+    return {
+        "encoder": cfg.encoder.model_dump(mode="json"),
+        "train": cfg.train.model_dump(mode="json"),
+        "embed": embed_job.stage_config(cfg),
+    }
+
+
+def _inputs(cfg: Config):
+    embedded, aligned = embed_job.locate(cfg), align_job.locate(cfg)
+    return embedded, aligned, [upstream("embed", embedded), upstream("align", aligned)]
+
+
+def locate(cfg: Config) -> TrainResult:
+    _, _, inputs = _inputs(cfg)
+    fp = fingerprint(STAGE, VERSION, stage_config(cfg), inputs)
+    return StageStore(cfg.artifacts_root / STAGE).locate(fp, f"no trained encoder for {cfg.dataset}: run `p4r train`")
+
+
+def load_data(cfg: Config, embedded: StageResult, aligned: StageResult) -> alignment.AlignmentData:
+    return alignment.build(
+        pq.read_table(embedded.table("interaction_vectors")),
+        pq.read_table(embedded.table("persona_vectors")),
+        pq.read_table(aligned.table("labels")),
+        history=cfg.encoder.profile.history,
+        holdout_users=cfg.train.holdout_users,
+    )
+
+
+def run(cfg: Config, *, force: bool = False, progress: bool = True) -> TrainResult:
+    embedded, aligned, inputs = _inputs(cfg)
+    scfg = stage_config(cfg)
+    fp = fingerprint(STAGE, VERSION, scfg, inputs)
+    store = StageStore(cfg.artifacts_root / STAGE)
+    if not force and (reused := store.reuse(fp)) is not None:
+        return reused
+
+    timer = Timer()
+    with timer("load"):
+        data = load_data(cfg, embedded, aligned)
+    spec = spec_from(cfg, data.dim, TEXTS_VERSION)
+    settings = settings_from(cfg)
+    if cfg.encoder.mode != "vanilla":
+        from persona4rec.infra.ray import ensure_ray
+
+        ensure_ray(cfg.ray)
+    with timer("fit"):
+        result = fit(
+            data,
+            spec,
+            settings,
+            num_workers=cfg.train.num_workers,
+            use_gpu=cfg.train.use_gpu,
+            cpus_per_worker=cfg.train.cpus_per_worker,
+            max_failures=cfg.train.max_failures,
+            storage=(cfg.artifacts_root / STAGE / "ray").resolve(),
+            name=fp[:16],
+            gamma_grid=cfg.encoder.profile.gamma_grid,
+        )
+    tmp = store.begin(fp)
+    manifest = Manifest(
+        stage=STAGE,
+        fingerprint=fp,
+        config_hash=cfg.hash(),
+        stage_config=scfg,
+        inputs=inputs,
+        environment={"persona4rec": persona4rec.__version__, "python": platform.python_version()},
+    )
+    try:
+        encoder_dir = result.encoder.save(tmp / "encoder")
+        manifest.counts = {
+            "data": data.counts,
+            "metric": cfg.train.metric,
+            "validation": result.metrics,
+            "chance": result.chance,
+            "gamma": result.encoder.spec.gamma,
+            "gamma_scores": result.gamma_scores,
+            "best_epoch": result.best_epoch,
+            "epochs_run": len(result.history),
+            "history": result.history,
+        }
+        with timer("mlflow"):
+            from persona4rec.infra import mlflow as registry
+
+            ref = registry.log_training(
+                cfg,
+                encoder_dir=encoder_dir,
+                params={"stage": scfg, "fingerprint": fp},
+                tags={
+                    "run_name": f"{cfg.encoder.mode}-{fp[:8]}",
+                    "dataset": cfg.dataset,
+                    "mode": cfg.encoder.mode,
+                    "texts_version": TEXTS_VERSION,
+                    "train_fingerprint": fp,
+                    **{f"input.{i['stage']}": i["sha256"] for i in inputs},
+                },
+                history=result.history,
+                metrics=result.metrics,
+            )
+        manifest.counts["mlflow"] = {"model": ref.name, "version": ref.version, "run_id": ref.run_id}
+        manifest.timings_s = timer.timings
+        manifest.environment["cpu_count"] = str(os.cpu_count())
+        manifest.write(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return TrainResult(store.publish(tmp, fp), manifest, skipped=False)

