@@ -20,14 +20,15 @@ ARGS     ?=
 P4R      := $(VENV)/bin/p4r
 comma    := ,
 
-.PHONY: help install models test-models run test lint bench bench-reason clean
+.PHONY: help install models test-models run test lint bench bench-reason bench-train clean
 
 help:
 	@sed -n '1,4p' Makefile | sed 's/^# \{0,1\}//'
 	@echo "  make lint   ruff over the code"
 	@echo "  make models        local copies of the LLMs the tests and \`make run\` use (no hub on this machine)"
 	@echo "  make bench         benchmarks/prepare.py: prepare throughput up to 5M reviews (a table; ~10 minutes)"
-	@echo "  make bench-reason  benchmarks/reason.py: engines and modes on 20 items (a table; ~20 minutes)"
+	@echo "  make bench-reason  benchmarks/reason.py: engines and modes on 20 items (a table; ~1 hour)"
+	@echo "  make bench-train   benchmarks/train.py: encoder examples/s per mode and workers, embedding texts/s"
 	@echo "  make clean  remove artifacts/ (not the virtualenv)"
 	@echo "Variables: VENV=$(VENV) EXTRAS=$(EXTRAS) DATASET=$(DATASET) DATA=$(DATA) RUN_CONFIG=$(RUN_CONFIG) ARGS=$(ARGS)"
 
@@ -68,6 +69,9 @@ bench: install
 bench-reason: models
 	$(VENV)/bin/python benchmarks/reason.py --items 20 \
 	  --hf ~/.cache/p4r-offline-models/qwen2.5-0.5b/hf --gguf ~/.cache/p4r-offline-models/qwen2.5-0.5b/model.gguf
+
+bench-train: install
+	$(VENV)/bin/python benchmarks/train.py
 
 clean:
 	rm -rf artifacts

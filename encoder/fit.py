@@ -70,6 +70,7 @@ def fit(
     storage: Path,
     name: str,
     gamma_grid: list[float] | None = None,
+    progress: bool = False,
 ) -> FitResult:
     """Train on Ray Train (a run named ``name`` under ``storage`` resumes from its last checkpoint)."""
     metric = settings["metric"]
@@ -85,14 +86,14 @@ def fit(
     if len(data.train) == 0:
         raise ValueError(f"no training examples: {data.counts}")
     try:
-        from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+        from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
         from ray.train.torch import TorchTrainer
     except ImportError:
         raise StageUnavailable("training runs on Ray Train: pip install 'persona4rec[ray]'") from None
 
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"data": data, "spec": spec, "settings": settings},
+        train_loop_config={"data": data, "spec": spec, "settings": settings, "progress": progress},
         scaling_config=ScalingConfig(
             num_workers=num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus_per_worker}
         ),
@@ -101,6 +102,7 @@ def fit(
             storage_path=str(storage),
             failure_config=FailureConfig(max_failures=max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
+            logging_config=LoggingConfig(log_level="WARNING"),  # one line per epoch from rank 0 instead
         ),
     )
     result = trainer.fit()

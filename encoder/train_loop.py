@@ -99,6 +99,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "epoch_s": time.perf_counter() - t0,
         }
         history.append(report)
+        if rank == 0 and config.get("progress"):
+            shown = "  ".join(f"{k} {metrics[k]:.4f}" for k in metrics)
+            print(
+                f"train epoch {epoch + 1}/{s['epochs']}: loss {report['loss']:.4f}  {shown}  "
+                f"(best {best:.4f} at epoch {best_epoch + 1})  {report['examples_per_s']:.0f} examples/s",
+                flush=True,
+            )
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if rank == 0:

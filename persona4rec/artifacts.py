@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import shutil
 import time
 import uuid
@@ -19,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from persona4rec import __version__
 from persona4rec.config import stable_hash
 from persona4rec.errors import StageUnavailable
 
@@ -40,6 +42,15 @@ class Manifest:
     timings_s: dict[str, float] = field(default_factory=dict)
     environment: dict[str, str] = field(default_factory=dict)
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+    @classmethod
+    def start(
+        cls, stage: str, fp: str, config_hash: str, stage_config: dict[str, Any], inputs: list[dict[str, Any]],
+        **environment: str,
+    ) -> Manifest:  # fmt: skip
+        """A stage's manifest before its tables are written: identity, inputs and where it runs."""
+        env = {"persona4rec": __version__, "python": platform.python_version(), "cpu_count": str(os.cpu_count())}
+        return cls(stage, fp, config_hash, stage_config, inputs, environment={**env, **environment})
 
     def write(self, folder: Path) -> Path:
         path = folder / MANIFEST

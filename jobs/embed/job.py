@@ -10,8 +10,6 @@ flight, and a catalogue change re-embeds only what changed.
 
 from __future__ import annotations
 
-import os
-import platform
 import shutil
 import time
 from typing import Any
@@ -22,7 +20,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-import persona4rec
 from persona4rec import schemas
 from persona4rec.artifacts import Manifest, StageResult, StageStore, Timer, fingerprint, upstream
 from persona4rec.config import Config
@@ -89,14 +86,7 @@ def run(cfg: Config, *, force: bool = False, progress: bool = True) -> EmbedResu
         vectors = cache.load_table()
         row_of = {k: i for i, k in enumerate(vectors["key"].to_pylist())}  # the newest row of a key wins
         tmp = store.begin(fp)
-        manifest = Manifest(
-            stage=STAGE,
-            fingerprint=fp,
-            config_hash=cfg.hash(),
-            stage_config=scfg,
-            inputs=inputs,
-            environment={"persona4rec": persona4rec.__version__, "python": platform.python_version()},
-        )
+        manifest = Manifest.start(STAGE, fp, cfg.hash(), scfg, inputs)
         try:
             for name, table in tables.items():
                 rows = pa.array([row_of[k] for k in keys[name]], pa.int64())
@@ -114,7 +104,6 @@ def run(cfg: Config, *, force: bool = False, progress: bool = True) -> EmbedResu
                 "sentences_per_s": round(embedded / embed_s, 1) if embedded and embed_s else None,
             }
             manifest.timings_s = timer.timings
-            manifest.environment["cpu_count"] = str(os.cpu_count())
             manifest.write(tmp)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

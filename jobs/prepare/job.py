@@ -7,8 +7,6 @@ leave-one-out split -> per-item LLM review samples -> items. Every input line en
 
 from __future__ import annotations
 
-import os
-import platform
 import shutil
 from pathlib import Path
 from typing import Any
@@ -17,7 +15,6 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from tqdm import tqdm
 
-import persona4rec
 from persona4rec import schemas
 from persona4rec.artifacts import Manifest, StageResult, StageStore, Timer, fingerprint
 from persona4rec.config import Config
@@ -61,19 +58,8 @@ def run(cfg: Config, *, spark: SparkSession | None = None, force: bool = False, 
 
     spark = spark or spark_session(cfg.spark)
     tmp = store.begin(fp)
-    manifest = Manifest(
-        stage=STAGE,
-        fingerprint=fp,
-        config_hash=cfg.hash(),
-        stage_config=scfg,
-        inputs=inputs,
-        environment={
-            "persona4rec": persona4rec.__version__,
-            "python": platform.python_version(),
-            "spark": spark.version,
-            "spark_master": spark.sparkContext.master,
-            "cpu_count": str(os.cpu_count()),
-        },
+    manifest = Manifest.start(
+        STAGE, fp, cfg.hash(), scfg, inputs, spark=spark.version, spark_master=spark.sparkContext.master
     )
     try:
         _build(spark, cfg, files, tmp, manifest, progress)

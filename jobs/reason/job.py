@@ -14,8 +14,6 @@ prompt or model changed is redone and nothing else. The published version holds 
 from __future__ import annotations
 
 import json
-import os
-import platform
 import shutil
 from collections import defaultdict
 from pathlib import Path
@@ -24,7 +22,6 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-import persona4rec
 from persona4rec import schemas
 from persona4rec.artifacts import Manifest, StageResult, StageStore, Timer, fingerprint
 from persona4rec.config import Config, stable_hash
@@ -91,19 +88,7 @@ def run(
         work.close()
 
     tmp = store.begin(fp)
-    manifest = Manifest(
-        stage=STAGE,
-        fingerprint=fp,
-        config_hash=cfg.hash(),
-        stage_config=scfg,
-        inputs=inputs,
-        environment={
-            "persona4rec": persona4rec.__version__,
-            "python": platform.python_version(),
-            "cpu_count": str(os.cpu_count()),
-            **{k: str(v) for k, v in work.info.items()},
-        },
-    )
+    manifest = Manifest.start(STAGE, fp, cfg.hash(), scfg, inputs, **{k: str(v) for k, v in work.info.items()})
     try:
         with timer("write"):
             for name, rows in tables.items():

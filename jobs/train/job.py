@@ -10,14 +10,11 @@ it can be compared and promoted like any other version.
 
 from __future__ import annotations
 
-import os
-import platform
 import shutil
 from typing import Any
 
 import pyarrow.parquet as pq
 
-import persona4rec
 from persona4rec.artifacts import Manifest, StageResult, StageStore, Timer, fingerprint, upstream
 from persona4rec.config import Config
 from persona4rec.encoder import data as alignment
@@ -90,16 +87,10 @@ def run(cfg: Config, *, force: bool = False, progress: bool = True) -> TrainResu
             storage=(cfg.artifacts_root / STAGE / "ray").resolve(),
             name=fp[:16],
             gamma_grid=cfg.encoder.profile.gamma_grid,
+            progress=progress,
         )
     tmp = store.begin(fp)
-    manifest = Manifest(
-        stage=STAGE,
-        fingerprint=fp,
-        config_hash=cfg.hash(),
-        stage_config=scfg,
-        inputs=inputs,
-        environment={"persona4rec": persona4rec.__version__, "python": platform.python_version()},
-    )
+    manifest = Manifest.start(STAGE, fp, cfg.hash(), scfg, inputs)
     try:
         encoder_dir = result.encoder.save(tmp / "encoder")
         manifest.counts = {
@@ -133,7 +124,6 @@ def run(cfg: Config, *, force: bool = False, progress: bool = True) -> TrainResu
             )
         manifest.counts["mlflow"] = {"model": ref.name, "version": ref.version, "run_id": ref.run_id}
         manifest.timings_s = timer.timings
-        manifest.environment["cpu_count"] = str(os.cpu_count())
         manifest.write(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
