@@ -163,8 +163,8 @@ class Encoder:
         if self.spec.uses_base_vectors:
             if self._base is None:
                 self._base = TextTower(load_sentence_transformer(self.spec.base, self.spec.max_length)).eval()
-            return self.transform(_encode(self._base, texts, batch_size))
-        return _encode(self.tower, texts, batch_size)
+            return self.transform(encode_texts(self._base, texts, batch_size))
+        return encode_texts(self.tower, texts, batch_size)
 
     def save(self, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
@@ -185,7 +185,8 @@ class Encoder:
         return cls(spec, tower)
 
 
-def _encode(tower: TextTower, texts: list[str], batch_size: int) -> np.ndarray:
+def encode_texts(tower: TextTower, texts: list[str], batch_size: int = 64) -> np.ndarray:
+    """Unit vectors of texts through a text tower, in inference mode and batches."""
     out = []
     with torch.inference_mode():
         for start in range(0, len(texts), batch_size):

@@ -21,7 +21,7 @@ import torch.distributed as dist
 
 from persona4rec.encoder.data import AlignmentData, Examples
 from persona4rec.encoder.loss import false_negative_mask, info_nce
-from persona4rec.encoder.model import EncoderSpec, TextTower, _encode, build_tower, load_trainable, trainable_state
+from persona4rec.encoder.model import EncoderSpec, TextTower, build_tower, encode_texts, load_trainable, trainable_state
 from persona4rec.encoder.profile import history_weights
 from persona4rec.encoder.validate import evaluate
 
@@ -194,11 +194,11 @@ def encoder_vectors(model: torch.nn.Module, spec: EncoderSpec, data: AlignmentDa
             personas = module(torch.from_numpy(data.persona_vectors).to(device)).cpu().numpy()
             interactions = module(torch.from_numpy(data.interaction_vectors).to(device)).cpu().numpy()
             return personas, interactions
-        personas = _encode(module, data.persona_texts, 64)
+        personas = encode_texts(module, data.persona_texts, 64)
         needed = data.needed_interactions()
         interactions = np.zeros((len(data.interaction_texts), personas.shape[1]), dtype=np.float32)
         if len(needed):
-            interactions[needed] = _encode(module, [data.interaction_texts[i] for i in needed], 64)
+            interactions[needed] = encode_texts(module, [data.interaction_texts[i] for i in needed], 64)
         return personas, interactions
 
 

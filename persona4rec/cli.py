@@ -88,7 +88,7 @@ def main() -> None:
       prepare     Spark: raw reviews -> cleaned corpus, leave-one-out split, LLM review samples
       reason      Ray + LLM: item summaries and personas, cached by content hash
       align       positive-persona labels for training interactions (evidence or LLM judge)
-      embed       Ray Data: base embeddings of persona, interaction and item texts
+      embed       Ray actors: base embeddings of persona, interaction and item texts
       train       Ray Train: the alignment encoder, logged and registered in MLflow
       promote     MLflow: the champion alias moves only to a better encoder
       index       Milvus: the persona-profiled item index           (not yet available)
@@ -299,7 +299,7 @@ def _embed(loaded: LoadedConfig, *, force: bool, quiet: bool) -> None:
 @click.option("--force", is_flag=True, help="Rebuild even when the output for these inputs and config exists.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def embed(loaded: LoadedConfig, force: bool, quiet: bool) -> None:
-    """Embed every persona, interaction and item text with the base model (a Ray Data actor pool).
+    """Embed every persona, interaction and item text with the base model (a Ray actor pool).
 
     \b
     Texts follow one template (persona4rec/texts.py) shared by training, indexing and serving.

@@ -1,7 +1,7 @@
 """Sentence embeddings: the one way every part of the system turns text into unit vectors.
 
 :func:`load_embedder` is used in-process (persona de-duplication); :class:`BatchEmbedder` is the same
-model as a Ray Data actor (one model per actor, batches of texts in, vectors out) for `p4r embed`.
+model as a Ray actor (one model per actor, batches of texts in, vectors out) for `p4r embed`.
 """
 
 from __future__ import annotations
@@ -36,12 +36,12 @@ def load_embedder(
 
 
 class BatchEmbedder:
-    """A Ray Data map_batches callable: {"key", "text"} columns in, {"key", "vector"} out."""
+    """The embedder as a Ray actor (one model each): chunks of (keys, texts) in, (keys, vectors) out."""
 
     def __init__(self, ref: str, max_length: int, batch_size: int, use_gpu: bool) -> None:
         self.embed = load_embedder(
             ref, device="cuda" if use_gpu else "cpu", batch_size=batch_size, max_length=max_length
         )
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {"key": batch["key"], "vector": self.embed([str(t) for t in batch["text"]])}
+    def embed_chunk(self, keys: list[str], texts: list[str]) -> tuple[list[str], np.ndarray]:
+        return keys, self.embed(texts)

@@ -226,3 +226,8 @@ def ray_cluster():
     )
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``disruptive`` (they kill processes of the shared Ray) run after every other test."""
+    items.sort(key=lambda item: item.get_closest_marker("disruptive") is not None)

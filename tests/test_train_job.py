@@ -101,6 +101,9 @@ def test_train_registers_in_mlflow_and_the_champion_loads_back_identical(embedde
     tags = registry.client(cfg).get_model_version(cfg.registered_model, challenger).tags
     assert json.loads(tags["promotion"])["promoted"] == decision.promoted
 
+    registry.record_index(cfg, version, "p4r_personas_v1")  # what the index stage notes on the version it used
+    assert "index.p4r_personas_v1" in registry.client(cfg).get_model_version(cfg.registered_model, version).tags
+
     out = CliRunner().invoke(main, ["promote", "--version", registry.champion(cfg), *_overrides(cfg)])
     assert out.exit_code == 0, out.output
     assert "is already the champion" in out.output

@@ -2,8 +2,8 @@
 
 Texts come from :mod:`persona4rec.texts` (one template for training, indexing and serving):
 persona texts, interaction texts (all splits: serving builds profiles from the latest ones) and item
-texts (summary-only index, fallback of items without personas). Vectors are computed on a Ray Data
-actor pool and stored in a content-addressed cache (hash of model, max length and text) in chunks of
+texts (summary-only index, fallback of items without personas). Vectors are computed on a Ray actor
+pool and stored in a content-addressed cache (hash of model, max length and text) in chunks of
 ``embed.chunk_rows``: a rerun embeds only texts it has not seen, a crash loses at most the chunks in
 flight, and a catalogue change re-embeds only what changed.
 """
@@ -14,7 +14,6 @@ import shutil
 import time
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -171,40 +170,26 @@ def build_texts(cfg: Config, prepared: StageResult, reasoned: StageResult) -> di
 
 
 def _embed(cfg: Config, todo: dict[str, str], cache: ResultCache, progress: bool) -> int:
-    """Embed texts on a Ray Data actor pool, appending each chunk to the cache as it arrives."""
+    """Embed texts on a Ray actor pool, appending each chunk to the cache as it comes back."""
     try:
-        import ray.data
+        import ray
+        from ray.util import ActorPool
     except ImportError:
-        raise StageUnavailable("embedding runs on Ray Data: pip install 'persona4rec[ray]'") from None
+        raise StageUnavailable("embedding runs on Ray: pip install 'persona4rec[ray]'") from None
     from persona4rec.infra.ray import ensure_ray
     from persona4rec.ray_actors.embedder import BatchEmbedder
 
     ensure_ray(cfg.ray)
     e = cfg.embed
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = progress
-    source = pa.table({"key": list(todo), "text": list(todo.values())})
-    blocks = max(1, min(len(todo) // e.batch_size, 4 * e.num_actors))
-    ds = ray.data.from_arrow(source).repartition(blocks)
-    vectors = ds.map_batches(
-        BatchEmbedder,
-        fn_constructor_kwargs={
-            "ref": e.model,
-            "max_length": e.max_length,
-            "batch_size": e.batch_size,
-            "use_gpu": e.num_gpus > 0,
-        },  # fmt: skip
-        batch_size=e.batch_size,
-        concurrency=e.num_actors,
-        num_cpus=e.num_cpus,
-        num_gpus=e.num_gpus,
-    )
+    actor = ray.remote(BatchEmbedder).options(num_cpus=e.num_cpus, num_gpus=e.num_gpus)
+    pool = ActorPool([actor.remote(e.model, e.max_length, e.batch_size, e.num_gpus > 0) for _ in range(e.num_actors)])
+    keys, texts = list(todo), list(todo.values())
+    chunks = [(keys[lo : lo + e.chunk_rows], texts[lo : lo + e.chunk_rows]) for lo in range(0, len(keys), e.chunk_rows)]
     done, t0 = 0, time.perf_counter()
     with tqdm(total=len(todo), desc="embed", unit="text", disable=not progress) as bar:
-        for batch in vectors.iter_batches(batch_size=e.chunk_rows, batch_format="numpy"):
-            vecs = np.asarray(batch["vector"], dtype=np.float32)
+        for chunk_keys, vecs in pool.map_unordered(lambda a, c: a.embed_chunk.remote(*c), chunks):
             cache.append_table(
-                pa.table({"key": pa.array(batch["key"], pa.string()), "vector": schemas.vectors_to_arrow(vecs)})
+                pa.table({"key": pa.array(chunk_keys, pa.string()), "vector": schemas.vectors_to_arrow(vecs)})
             )
             done += len(vecs)
             bar.update(len(vecs))
