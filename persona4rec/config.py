@@ -262,7 +262,7 @@ class AlignConfig(_Section):
 
 
 class EmbedConfig(_Section):
-    """Base embeddings of every persona, interaction and item text (`p4r embed`), on a Ray Data actor pool."""
+    """Base embeddings of every persona, interaction and item text (`p4r embed`), on a Ray actor pool."""
 
     model: str = Field(
         "sentence-transformers/all-MiniLM-L6-v2",
