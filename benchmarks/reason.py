@@ -149,6 +149,10 @@ def main() -> None:
     ap.add_argument("--gguf", required=True, help="GGUF file of the same model (llama.cpp)")
     ap.add_argument("--runs", default="vllm,llamacpp,openai,paper", help="which rows to measure")
     ap.add_argument("--max-concurrency", type=int, default=16)
+    ap.add_argument(
+        "--batch-size", type=int, default=20,
+        help="items per actor batch (reason.actors.batch_size); all 20 in one batch lets retries batch too",
+    )  # fmt: skip
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="llama.cpp threads")
     ap.add_argument("--json", type=Path, help="append each row's raw figures here (JSON lines) as it is measured")
     args = ap.parse_args()
@@ -157,7 +161,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="p4r-bench-reason-") as tmp:
         root = Path(tmp)
-        common = [f"reason.limit_items={args.items}", "reason.actors.batch_size=4"]
+        common = [f"reason.limit_items={args.items}", f"reason.actors.batch_size={args.batch_size}"]
         prepare_job.run(_config(root, *common), progress=False)
         from pyspark.sql import SparkSession
 
