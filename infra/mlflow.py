@@ -112,6 +112,22 @@ def latest_version(cfg: Config) -> str:
     return str(max(int(v.version) for v in versions))
 
 
+def resolve_version(cfg: Config, version: str | None = None) -> ModelRef:
+    """A registered version (the champion when ``version`` is None), with the run that logged it."""
+    c = client(cfg)
+    try:
+        if version is None:
+            mv = c.get_model_version_by_alias(cfg.registered_model, cfg.mlflow.champion_alias)
+        else:
+            mv = c.get_model_version(cfg.registered_model, version)
+    except MlflowException:
+        which = f"version {version}" if version else f"a {cfg.mlflow.champion_alias!r} alias"
+        raise StageUnavailable(
+            f"{cfg.registered_model} has no {which}: run `p4r train` and `p4r promote` first"
+        ) from None
+    return ModelRef(cfg.registered_model, str(mv.version), mv.run_id or "")
+
+
 def load_encoder(cfg: Config, version: str | None = None) -> Encoder:
     """A registered encoder by version, or the champion (by alias) when no version is given."""
     client(cfg)

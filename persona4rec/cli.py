@@ -27,7 +27,7 @@ PIPELINE: tuple[tuple[str, str | None], ...] = (
     ("embed", None),
     ("train", None),
     ("promote", None),
-    ("index", "issue #5 (persona index in Milvus)"),
+    ("index", None),
     ("candidates", "issue #6 (first-stage candidates)"),
     ("evaluate", "issue #6 (evaluation and reports)"),
 )
@@ -91,10 +91,10 @@ def main() -> None:
       embed       Ray actors: base embeddings of persona, interaction and item texts
       train       Ray Train: the alignment encoder, logged and registered in MLflow
       promote     MLflow: the champion alias moves only to a better encoder
-      index       Milvus: the persona-profiled item index           (not yet available)
+      index       Milvus: persona index versions behind an alias (incremental, checked)
       candidates  first-stage CF candidates                         (not yet available)
       evaluate    metrics and reports                               (not yet available)
-      serve       HTTP rerank / recommend with explanations         (not yet available)
+      serve       HTTP rerank / recommend with explanations (in-memory scoring, hot reload)
     `p4r run` runs every available stage in order.
 
     \b
@@ -367,6 +367,95 @@ def promote(loaded: LoadedConfig, version: str | None) -> None:
     _promote(loaded, version=version)
 
 
+def _index(loaded: LoadedConfig, *, force: bool, quiet: bool) -> None:
+    from persona4rec.jobs.index.job import run as index_run
+
+    result = index_run(loaded.config, force=force, progress=not quiet)
+    c = result.manifest.counts
+    if result.skipped:
+        click.echo(f"index: up to date, nothing to do; {c['alias']} -> {c['collection']}")
+        return
+    click.echo(f"index: wrote {c['collection']} ({result.folder})")
+    click.echo(
+        f"  {c['personas']:,} personas + {c['summary_rows']:,} summary rows (items without personas); "
+        f"{c['copied']:,} vectors copied from {c['copied_from'] or 'no earlier version'}, {c['encoded']:,} encoded"
+    )
+    e = c["encoder"]
+    click.echo(
+        f"  {c['index_type']} index, {c['self_queries_checked']} self-queries checked; encoder {e['model']} "
+        f"version {e['version']}; {c['users']:,} user profiles"
+    )
+    click.echo(f"  alias {c['alias']} -> {c['collection']}" + (f" (was {c['replaced']})" if c.get("replaced") else ""))
+
+
+@main.command()
+@config_options
+@click.option("--force", is_flag=True, help="Build a new version even when one exists for these inputs.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@click.option("--list", "list_", is_flag=True, help="List the index versions in Milvus (the live one marked) and exit.")
+@click.option("--drop", metavar="COLLECTION", help="Drop an old index version (never the live one) and exit.")
+def index(loaded: LoadedConfig, force: bool, quiet: bool, list_: bool, drop: str | None) -> None:
+    """Write the persona index: a new Milvus collection version, then move the alias to it.
+
+    \b
+    Every persona (and a summary row for each item without personas) is encoded with the champion
+    encoder (or index.encoder_version); vectors of unchanged personas are copied from the live version.
+    The version is built, indexed (index.index_type), loaded and checked before the alias moves; a
+    failed build never touches it, and old versions stay until dropped (--drop).
+    Milvus Lite (a local folder) by default; index.uri=http://host:19530 for a Milvus server.
+    """
+    if not (list_ or drop):
+        _index(loaded, force=force, quiet=quiet)
+        return
+    from persona4rec.infra import milvus
+
+    cfg = loaded.config
+    client = milvus.connect(cfg)
+    try:
+        if drop:
+            milvus.drop_version(client, cfg.index_alias, drop)
+            click.echo(f"index: dropped {drop}")
+            return
+        found = milvus.versions(client, cfg.index_alias)
+        if not found:
+            click.echo(f"index: no versions of {cfg.index_alias} at {cfg.milvus_uri}")
+        for v in found:
+            enc = v.meta.get("encoder", {})
+            click.echo(
+                f"{'*' if v.live else ' '} {v.name}  {v.rows:>9,} rows  encoder version {enc.get('version', '?')}"
+            )
+    finally:
+        client.close()
+
+
+# ------------------------------------------------------------------------------------------- serve
+
+
+@main.command()
+@config_options
+@click.option("--host", help="Interface to listen on (default: serve.host).")
+@click.option("--port", type=int, help="Port (default: serve.port).")
+def serve(loaded: LoadedConfig, host: str | None, port: int | None) -> None:
+    """Serve recommendations over HTTP from the index behind the alias (FastAPI on uvicorn).
+
+    \b
+    POST /rerank {"user_id", "candidates", "first_stage_scores"?}, POST /recommend {"user_id", "k"},
+    GET /items/{id}/personas, /health, /ready, /metrics (Prometheus), /docs (OpenAPI).
+    A moved alias is loaded in the background and swapped in (checked every serve.reload_interval_s).
+    Milvus Lite serves one process: to rebuild the index while serving, run `milvus-lite server` and set
+    index.uri to it for both.
+    """
+    try:
+        import uvicorn
+
+        from persona4rec.serve.app import build
+    except ImportError:
+        raise StageUnavailable("the service needs FastAPI and uvicorn: pip install 'persona4rec[serve]'") from None
+    cfg = loaded.config
+    app, _ = build(cfg)
+    uvicorn.run(app, host=host or cfg.serve.host, port=port or cfg.serve.port, log_level="warning")
+
+
 STAGES: dict[str, Callable[..., None]] = {
     "prepare": _prepare,
     "reason": _reason,
@@ -374,6 +463,7 @@ STAGES: dict[str, Callable[..., None]] = {
     "embed": _embed,
     "train": _train,
     "promote": _promote,
+    "index": _index,
 }
 
 
@@ -390,7 +480,6 @@ def _not_yet(name: str, pending: str) -> None:
 for _name, _pending in PIPELINE:
     if _pending is not None:
         _not_yet(_name, _pending)
-_not_yet("serve", "issue #5 (recommendation service)")
 _not_yet("submit", "issue #7 (cluster job submission)")
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -357,6 +358,75 @@ class MLflowConfig(_Section):
     champion_alias: str = "champion"
 
 
+# ------------------------------------------------------------------------------------------- index, scoring, serving
+
+
+class IndexConfig(_Section):
+    """The persona-profiled item index in Milvus (`p4r index`): versioned collections behind one alias."""
+
+    uri: str | None = Field(
+        None,
+        description=(
+            "null: a Milvus Lite file at <paths.artifacts>/milvus.db (one process at a time); else any Milvus "
+            "URI: a server or cluster (http://host:19530), or `milvus-lite server` for several processes."
+        ),
+    )
+    token_env: str | None = Field(None, description="Environment variable holding the Milvus token, if one is needed.")
+    alias: str | None = Field(None, description="null: p4r_<dataset>. Readers use it; it points at the live version.")
+    encoder_version: str | None = Field(None, description="Registered encoder version to index with; null: champion.")
+    index_type: Literal["FLAT", "HNSW", "IVF_FLAT", "IVF_SQ8"] = Field("HNSW", description="Milvus vector index.")
+    index_params: dict[str, int] = Field(
+        default_factory=lambda: {"M": 16, "efConstruction": 200}, description="Build parameters of index_type."
+    )
+    search_params: dict[str, int] = Field(
+        default_factory=lambda: {"ef": 128}, description="Search parameters of index_type (HNSW ef, IVF nprobe)."
+    )
+    shards: int = Field(1, ge=1, description="Shards per collection (a Milvus server; Lite has one).")
+    partitions: int = Field(
+        0, ge=0, description="0: none; N: item_id is the partition key, hashed into N partitions (Milvus server)."
+    )
+    insert_batch: int = Field(2000, ge=1, description="Rows per insert call.")
+    check_queries: int = Field(20, ge=0, description="Personas queried with their own vector before the alias moves.")
+
+
+class ScoreConfig(_Section):
+    """Scoring, shared by evaluation and the service: max over an item's personas of cos(user, persona)."""
+
+    fusion_weight: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description=(
+            "w in (1 - w) * persona score + w * first-stage score (min-max scaled per request); 0: personas only. "
+            "Tune it on validation (persona4rec.scoring.tune_fusion)."
+        ),
+    )
+    fusion_grid: list[float] = Field(
+        default_factory=lambda: [0.0, 0.1, 0.2, 0.3, 0.5, 0.7], description="Weights tried when tuning fusion."
+    )
+
+    @model_validator(mode="after")
+    def _grid_in_range(self) -> ScoreConfig:
+        if not self.fusion_grid or any(not 0 <= w <= 1 for w in self.fusion_grid):
+            raise ValueError("fusion_grid: one or more weights, each in [0, 1]")
+        return self
+
+
+class ServeConfig(_Section):
+    """The recommendation service (`p4r serve`)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    unknown_user: Literal["error", "popularity"] = Field(
+        "error", description="A user with no history: a 404 that says so, or the most popular items."
+    )
+    max_candidates: int = Field(1000, ge=1, description="Most candidates one /rerank request may send.")
+    max_k: int = Field(200, ge=1, description="Largest k one /recommend request may ask for.")
+    reload_interval_s: float = Field(
+        5.0, gt=0, description="How often the index alias is checked; a moved alias is loaded, then swapped in."
+    )
+
+
 # ------------------------------------------------------------------------------------------- whole
 
 
@@ -380,6 +450,9 @@ class Config(_Section):
     encoder: EncoderConfig = EncoderConfig()
     train: TrainConfig = TrainConfig()
     mlflow: MLflowConfig = MLflowConfig()
+    index: IndexConfig = IndexConfig()
+    score: ScoreConfig = ScoreConfig()
+    serve: ServeConfig = ServeConfig()
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -407,6 +480,17 @@ class Config(_Section):
     @property
     def registered_model(self) -> str:
         return self.mlflow.registered_model or f"persona4rec-encoder-{_safe_name(self.dataset)}"
+
+    @property
+    def milvus_uri(self) -> str:
+        if self.index.uri:
+            return self.index.uri
+        return str((Path(self.paths.artifacts).expanduser() / "milvus.db").resolve())
+
+    @property
+    def index_alias(self) -> str:
+        """Milvus names allow letters, digits and underscores only."""
+        return self.index.alias or "p4r_" + re.sub(r"\W", "_", _safe_name(self.dataset))
 
 
 def stable_hash(obj: Any) -> str:

@@ -306,6 +306,52 @@ ITEM_VECTORS = TableSchema(
     ),
 )
 
+INDEX_ROWS = TableSchema(
+    name="index_rows",
+    doc=(
+        "What `p4r index` writes into a Milvus collection version, one row per persona plus one 'summary' row per "
+        "item without personas (its summary embedding), so that every item can be scored and explained."
+    ),
+    key=("persona_id",),
+    columns=(
+        _c("persona_id", STR, "Persona id (personas table), or 's-' + a hash of the item id for a summary row."),
+        _c("item_id", STR, "The item; the grouping key of full-catalogue retrieval."),
+        _c("kind", STR, "'persona', or 'summary' for an item without personas."),
+        _c("name", STR, "Persona name (the item id for a summary row)."),
+        _c("description", STR, "Persona description (the item text for a summary row)."),
+        _c("rationale", STR, "Why the persona engages with the item (empty for a summary row)."),
+        _c("evidence", pa.list_(STR), "review_ids the persona rests on."),
+        _c("text_sha", STR, "Hash of the text that was encoded: an unchanged text is copied from the live version."),
+        _c("encoder", STR, "Registered encoder that produced the vector: <model>/<version>/<run id>."),
+        _c("vector", VECTOR, "Unit-length encoder vector of the text."),
+    ),
+)
+
+USER_PROFILES = TableSchema(
+    name="user_profiles",
+    doc=(
+        "One row per known user, beside each index version: the encoder profile of their latest interactions "
+        "(paper Eq. 7, the encoder's gamma) and every item they have, which recommendations exclude."
+    ),
+    key=("user_id",),
+    columns=(
+        _c("user_id", STR, "User id."),
+        _c("vector", VECTOR, "Unit-length profile: recency-weighted mean of the last L interaction vectors."),
+        _c("items", pa.list_(STR), "Every item the user interacted with (all splits)."),
+        _c("n_interactions", I64, "Interactions known for the user."),
+    ),
+)
+
+ITEM_POPULARITY = TableSchema(
+    name="item_popularity",
+    doc="One row per item: how many users interacted with it (all splits); the fallback for unknown users.",
+    key=("item_id",),
+    columns=(
+        _c("item_id", STR, "Item id."),
+        _c("interactions", I64, "Number of interactions."),
+    ),
+)
+
 TABLES: dict[str, TableSchema] = {
     t.name: t
     for t in (
@@ -322,6 +368,9 @@ TABLES: dict[str, TableSchema] = {
         PERSONA_VECTORS,
         INTERACTION_VECTORS,
         ITEM_VECTORS,
+        INDEX_ROWS,
+        USER_PROFILES,
+        ITEM_POPULARITY,
     )
 }
 

