@@ -64,7 +64,8 @@ def catalogue(n_personas: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.
 def users_near(vectors: np.ndarray, n: int, seed: int = 1) -> np.ndarray:
     rng = np.random.default_rng(seed)
     picks = vectors[rng.integers(0, len(vectors), size=n)]
-    return _unit(picks + 0.8 * rng.normal(size=picks.shape).astype(np.float32) / np.sqrt(vectors.shape[1]) * 4)
+    noise = rng.normal(size=picks.shape).astype(np.float32) / np.sqrt(vectors.shape[1])  # norm ~1: cos ~0.7
+    return _unit(picks + noise)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -136,10 +137,9 @@ def bench_rerank(dim: int, n_personas: int, calls: int) -> list[dict]:
     return rows
 
 
-def bench_recommend(dim: int, sizes: list[int], queries: int, index_type: str, uri: str) -> list[dict]:
+def bench_recommend(dim: int, sizes: list[int], queries: int, icfg: IndexConfig, uri: str) -> list[dict]:
     from pymilvus import MilvusClient
 
-    icfg = IndexConfig(index_type=index_type, insert_batch=5000)
     client = MilvusClient(uri)
     rows = []
     for size in sizes:
@@ -165,7 +165,8 @@ def bench_recommend(dim: int, sizes: list[int], queries: int, index_type: str, u
             hits.append([int(h["item_id"][1:]) for h in got])
         truth = brute_force_top(users, item_of, vectors, n_items, seen, 10)
         recall = float(np.mean([len(set(h) & set(t)) / 10 for h, t in zip(hits, truth, strict=True)]))
-        rows.append({"part": "recommend", "personas": size, "items": n_items, "index_type": index_type,
+        rows.append({"part": "recommend", "personas": size, "items": n_items, "index_type": icfg.index_type,
+                     "search": json.dumps(icfg.search_params),
                      "build_s": round(build_s, 1), "recall@10": recall, **percentiles(times)})  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
         client.drop_collection(name)
@@ -334,6 +335,10 @@ def main() -> None:
     ap.add_argument("--sizes", default="10000,100000,1000000", help="recommend: personas per collection")
     ap.add_argument("--queries", type=int, default=200, help="recommend: timed users per size")
     ap.add_argument("--index-type", default=IndexConfig().index_type, help="recommend: Milvus index type")
+    ap.add_argument(
+        "--search-params", type=json.loads, default=IndexConfig().search_params,
+        help='recommend: search parameters as JSON (default: index.search_params, e.g. {"ef": 128})',
+    )  # fmt: skip
     ap.add_argument("--json", type=Path, help="append each row here (JSON lines)")
     args = ap.parse_args()
     parts = args.parts.split(",")
@@ -349,7 +354,8 @@ def main() -> None:
                     results += bench_http(args.dim, args.seconds, args.connections, root, uri)
                 if "recommend" in parts:
                     sizes = [int(s) for s in args.sizes.split(",")]
-                    results += bench_recommend(args.dim, sizes, args.queries, args.index_type, uri)
+                    icfg = IndexConfig(index_type=args.index_type, search_params=args.search_params, insert_batch=5000)
+                    results += bench_recommend(args.dim, sizes, args.queries, icfg, uri)
     if args.json:
         with args.json.open("a") as f:
             for r in results:

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
 from persona4rec.errors import Persona4RecError
 
-#: Gathered persona vectors per chunk of a batched call (rows x dim floats), bounding its memory.
-CHUNK_ROWS = 1 << 20
+#: Persona vectors gathered per chunk of a batched call: bounds its memory (64k x 384 floats: 100 MB).
+CHUNK_ROWS = 1 << 16
 
 
 class UnknownItems(Persona4RecError, KeyError):
@@ -34,8 +35,7 @@ class UnknownItems(Persona4RecError, KeyError):
         return self.args[0]
 
 
-@dataclass(frozen=True)
-class Explanation:
+class Explanation(NamedTuple):
     """The persona that won an item's score: why this user is expected to like it."""
 
     persona_id: str
@@ -47,8 +47,7 @@ class Explanation:
     similarity: float | None  # cosine with the user; None when listed without a user
 
 
-@dataclass(frozen=True)
-class Ranked:
+class Ranked(NamedTuple):
     item_id: str
     score: float  # what the list is ordered by (fused when a first-stage score is given)
     persona_score: float
@@ -62,30 +61,33 @@ class PersonaTable:
 
     persona_ids: np.ndarray  # (P,) str
     item_of: np.ndarray  # (P,) str: each row's item
-    vectors: np.ndarray  # (P, d) float32, unit rows
+    vectors: np.ndarray  # (P, d) float32, unit rows; stored with one zero row after them (padding)
     names: list[str]
     descriptions: list[str]
     rationales: list[str]
     evidence: list[list[str]]
     kinds: list[str]
     item_ids: np.ndarray = field(init=False)  # (n_items,) sorted
-    slots: np.ndarray = field(init=False)  # (n_items, width) row indices, -1 padded
+    slots: np.ndarray = field(init=False)  # (n_items, width) row indices, padded with P (the zero row)
+    penalty: np.ndarray = field(init=False)  # (n_items, width) 0 on a persona, -inf on padding
 
     def __post_init__(self) -> None:
         self.persona_ids = np.asarray(self.persona_ids, dtype=object)
         self.item_of = np.asarray(self.item_of, dtype=object)
-        self.vectors = np.ascontiguousarray(self.vectors, dtype=np.float32)
         n = len(self.persona_ids)
         if not (len(self.item_of) == len(self.vectors) == len(self.names) == n):
             raise ValueError("persona table: every column needs one value per persona")
+        vectors = np.asarray(self.vectors, dtype=np.float32)
+        self.vectors = np.concatenate([vectors, np.zeros((1, vectors.shape[1]), dtype=np.float32)])
         self.item_ids, item_idx = np.unique(self.item_of.astype(str), return_inverse=True)
         order = np.argsort(item_idx, kind="stable")
         counts = np.bincount(item_idx, minlength=len(self.item_ids))
         width = int(counts.max()) if n else 1
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
         rank = np.arange(n) - np.repeat(starts, counts)  # position of each sorted row within its item
-        self.slots = np.full((len(self.item_ids), width), -1, dtype=np.int64)
+        self.slots = np.full((len(self.item_ids), width), n, dtype=np.int64)
         self.slots[item_idx[order], rank] = order
+        self.penalty = np.where(self.slots == n, -np.inf, 0.0).astype(np.float32)
         self._row_of_item = {item: i for i, item in enumerate(self.item_ids.tolist())}
 
     @property
@@ -108,45 +110,38 @@ class PersonaTable:
 
         ``users`` (n, d) unit vectors; ``candidates`` (n, c) item rows (from :meth:`rows`), -1 for padding.
         Returns ``(scores, best)``, both (n, c): padding scores -inf and its best row is -1.
+        Each item's personas are gathered as a fixed-width block (padding hits the zero row and a -inf
+        penalty), so one gather and one product cover every candidate.
         """
         users = np.asarray(users, dtype=np.float32)
         candidates = np.asarray(candidates, dtype=np.int64)
-        n, c = candidates.shape
-        scores = np.full((n, c), -np.inf, dtype=np.float32)
-        best = np.full((n, c), -1, dtype=np.int64)
-        step = max(1, CHUNK_ROWS // max(1, c * self.slots.shape[1]))
-        for lo in range(0, n, step):
-            cand = candidates[lo : lo + step]
-            idx = np.where(cand[..., None] >= 0, self.slots[np.clip(cand, 0, None)], -1)  # (m, c, width)
-            valid = idx >= 0
-            flat = idx[valid]
-            if len(users) == 1:
-                sims = self.vectors[flat] @ users[0]
-            else:
-                owner = np.broadcast_to(np.arange(lo, lo + len(cand))[:, None, None], idx.shape)[valid]
-                sims = np.einsum("md,md->m", self.vectors[flat], users[owner])
-            grid = np.full(idx.shape, -np.inf, dtype=np.float32)
-            grid[valid] = sims
-            arg = grid.argmax(axis=2)
-            scores[lo : lo + step] = np.take_along_axis(grid, arg[..., None], 2)[..., 0]
-            best[lo : lo + step] = np.where(cand >= 0, np.take_along_axis(idx, arg[..., None], 2)[..., 0], -1)
-        return scores, best
+        padding = candidates < 0
+        items = np.where(padding, 0, candidates)
+        idx = self.slots[items]  # (n, c, width): persona rows, the zero row on padding
+        penalty = np.where(padding[..., None], -np.inf, self.penalty[items])
+        if len(users) == 1:  # the request path: one gather, one mat-vec
+            grid = (self.vectors[idx[0]] @ users[0])[None] + penalty
+        else:
+            grid = np.empty(idx.shape, dtype=np.float32)
+            step = max(1, CHUNK_ROWS // max(1, idx.shape[1] * idx.shape[2]))
+            for lo in range(0, len(users), step):
+                sl = slice(lo, lo + step)
+                grid[sl] = np.einsum("ncwd,nd->ncw", self.vectors[idx[sl]], users[sl])
+            grid += penalty
+        arg = grid.argmax(axis=2)[..., None]
+        best = np.take_along_axis(idx, arg, 2)[..., 0]
+        return np.take_along_axis(grid, arg, 2)[..., 0], np.where(padding, -1, best)
 
     def explain(self, row: int, similarity: float | None = None) -> Explanation:
         return Explanation(
-            persona_id=str(self.persona_ids[row]),
-            kind=self.kinds[row],
-            name=self.names[row],
-            description=self.descriptions[row],
-            rationale=self.rationales[row],
-            evidence=list(self.evidence[row]),
-            similarity=None if similarity is None else float(similarity),
-        )
+            self.persona_ids[row], self.kinds[row], self.names[row], self.descriptions[row], self.rationales[row],
+            self.evidence[row], similarity,
+        )  # fmt: skip
 
     def personas_of(self, item_id: str) -> list[int]:
         """Rows of one item's personas (raises :class:`UnknownItems`)."""
         slots = self.slots[self.rows([item_id])[0]]
-        return slots[slots >= 0].tolist()
+        return slots[slots < len(self)].tolist()
 
 
 def minmax(x: np.ndarray) -> np.ndarray:
@@ -181,18 +176,20 @@ def rerank(
         raise ValueError("fusion needs the first-stage scores of the candidates")
     rows = table.rows(candidates)
     persona, best = table.scores(np.asarray(user, dtype=np.float32)[None, :], rows[None, :])
-    persona, best = persona[0], best[0]
-    fs = None if first_stage is None else np.asarray(first_stage, dtype=np.float32)
-    final = fuse(persona[None, :], None if fs is None else fs[None, :], weight)[0]
-    order = np.argsort(-final, kind="stable")
+    fs = None if first_stage is None else np.asarray(first_stage, dtype=np.float32)[None, :]
+    final = fuse(persona, fs, weight)[0]
+    order = np.argsort(-final, kind="stable").tolist()
+    final_l, persona_l, best_l = final.tolist(), persona[0].tolist(), best[0].tolist()
+    fs_l = None if fs is None else fs[0].tolist()
+    explain = table.explain
     return [
         Ranked(
-            item_id=candidates[i],
-            score=float(final[i]),
-            persona_score=float(persona[i]),
-            first_stage=None if fs is None else float(fs[i]),
-            explanation=table.explain(int(best[i]), float(persona[i])),
-        )
+            candidates[i],
+            final_l[i],
+            persona_l[i],
+            None if fs_l is None else fs_l[i],
+            explain(best_l[i], persona_l[i]),
+        )  # fmt: skip
         for i in order
     ]
 

@@ -132,17 +132,7 @@ def create_app(cfg: Config, recommender: Recommender, *, manage_watcher: bool = 
         lifespan=lifespan,
     )
 
-    @app.middleware("http")
-    async def measure(request: Request, call_next: Any) -> Response:
-        t0 = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        name = getattr(route, "path", "unmatched")
-        latency.labels(name).observe(time.perf_counter() - t0)
-        requests.labels(name, str(response.status_code)).inc()
-        if response.status_code >= 400:
-            errors.labels(name).inc()
-        return response
+    app.add_middleware(Metrics, latency=latency, requests=requests, errors=errors)
 
     @app.exception_handler(UnknownItems)
     async def _unknown_items(request: Request, exc: UnknownItems) -> JSONResponse:
@@ -156,18 +146,20 @@ def create_app(cfg: Config, recommender: Recommender, *, manage_watcher: bool = 
     async def _not_ready(request: Request, exc: NotReady) -> JSONResponse:
         return JSONResponse({"detail": f"no index loaded: {exc}"}, status_code=503)
 
+    # Responses are built as JSON directly (the models above document them): rerank is all in memory and
+    # runs on the event loop; recommend waits on Milvus and runs in the thread pool.
     @app.post("/rerank", response_model=Ranking, summary="Rerank a user's candidates, with explanations")
-    def rerank_(body: RerankRequest) -> Any:
-        return vars(recommender.rerank(body.user_id, body.candidates, body.first_stage_scores))
+    async def rerank_(body: RerankRequest) -> Any:
+        return JSONResponse(vars(recommender.rerank(body.user_id, body.candidates, body.first_stage_scores)))
 
     @app.post("/recommend", response_model=Ranking, summary="Top k of the whole catalogue for a user")
     def recommend_(body: RecommendRequest) -> Any:
-        return vars(recommender.recommend(body.user_id, body.k))
+        return JSONResponse(vars(recommender.recommend(body.user_id, body.k)))
 
     @app.get("/items/{item_id}/personas", response_model=list[Explanation], summary="An item's personas")
     def personas_(item_id: str) -> Any:
         try:
-            return [vars(e) for e in recommender.personas(item_id)]
+            return [e._asdict() for e in recommender.personas(item_id)]
         except UnknownItems:
             raise HTTPException(404, f"unknown item {item_id!r}: not in the index") from None
 
@@ -195,6 +187,34 @@ def create_app(cfg: Config, recommender: Recommender, *, manage_watcher: bool = 
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+class Metrics:
+    """ASGI middleware: latency, requests and errors per route template (lighter than BaseHTTPMiddleware)."""
+
+    def __init__(self, app: Any, *, latency: Histogram, requests: Counter, errors: Counter) -> None:
+        self.app, self.latency, self.requests, self.errors = app, latency, requests, errors
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0, status = time.perf_counter(), 500
+
+        async def send_status(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")  # the template, not the raw path
+            self.latency.labels(route).observe(time.perf_counter() - t0)
+            self.requests.labels(route, str(status)).inc()
+            if status >= 400:
+                self.errors.labels(route).inc()
 
 
 def build(cfg: Config) -> tuple[FastAPI, Recommender]:

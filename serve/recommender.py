@@ -64,7 +64,7 @@ class Recommender:
                 "score": r.score,
                 "persona_score": r.persona_score,
                 "first_stage": r.first_stage,
-                "explanation": vars(r.explanation),
+                "explanation": r.explanation._asdict(),
             }
             for r in ranked
         ]
@@ -84,7 +84,7 @@ class Recommender:
                 "score": h["score"],
                 "persona_score": h["score"],
                 "first_stage": None,
-                "explanation": vars(_explanation(h)),
+                "explanation": _explanation(h)._asdict(),
             }
             for h in hits
         ]
