@@ -379,7 +379,8 @@ class IndexConfig(_Section):
         default_factory=lambda: {"M": 16, "efConstruction": 200}, description="Build parameters of index_type."
     )
     search_params: dict[str, int] = Field(
-        default_factory=lambda: {"ef": 128}, description="Search parameters of index_type (HNSW ef, IVF nprobe)."
+        default_factory=lambda: {"ef": 512},
+        description="Search parameters of index_type (HNSW ef, IVF nprobe); see benchmarks/RESULTS.md for recall.",
     )
     shards: int = Field(1, ge=1, description="Shards per collection (a Milvus server; Lite has one).")
     partitions: int = Field(

@@ -11,9 +11,9 @@ stage min-max scaled over each user's candidate list, ``w`` tuned on validation 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -162,13 +162,62 @@ def fuse(persona: np.ndarray, first_stage: np.ndarray | None, weight: float) -> 
     return ((1 - weight) * persona + weight * minmax(first_stage)).astype(np.float32)
 
 
+@dataclass(frozen=True)
+class Reranking:
+    """Candidates best first, as columns: a caller that serialises them builds each object once.
+
+    Indexing or iterating gives :class:`Ranked` rows; :meth:`records` gives plain dicts (for JSON).
+    """
+
+    table: PersonaTable
+    item_ids: list[str]
+    scores: list[float]
+    persona_scores: list[float]
+    first_stage: list[float] | None
+    best: list[int]  # the winning persona's row, per item
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    def __getitem__(self, i: int) -> Ranked:
+        fs = None if self.first_stage is None else self.first_stage[i]
+        sim = self.persona_scores[i]
+        return Ranked(self.item_ids[i], self.scores[i], sim, fs, self.table.explain(self.best[i], sim))
+
+    def __iter__(self) -> Iterator[Ranked]:
+        return (self[i] for i in range(len(self)))
+
+    def records(self) -> list[dict[str, Any]]:
+        t, fs = self.table, self.first_stage
+        return [
+            {
+                "item_id": item,
+                "score": score,
+                "persona_score": sim,
+                "first_stage": None if fs is None else fs[i],
+                "explanation": {
+                    "persona_id": t.persona_ids[row],
+                    "kind": t.kinds[row],
+                    "name": t.names[row],
+                    "description": t.descriptions[row],
+                    "rationale": t.rationales[row],
+                    "evidence": t.evidence[row],
+                    "similarity": sim,
+                },  # fmt: skip
+            }
+            for i, (item, score, sim, row) in enumerate(
+                zip(self.item_ids, self.scores, self.persona_scores, self.best, strict=True)
+            )
+        ]
+
+
 def rerank(
     table: PersonaTable,
     user: np.ndarray,
     candidates: Sequence[str],
     first_stage: Sequence[float] | None = None,
     weight: float = 0.0,
-) -> list[Ranked]:
+) -> Reranking:
     """Candidates ordered by (fused) score, best first, each with its winning persona."""
     if first_stage is not None and len(first_stage) != len(candidates):
         raise ValueError(f"{len(first_stage)} first-stage scores for {len(candidates)} candidates")
@@ -178,20 +227,15 @@ def rerank(
     persona, best = table.scores(np.asarray(user, dtype=np.float32)[None, :], rows[None, :])
     fs = None if first_stage is None else np.asarray(first_stage, dtype=np.float32)[None, :]
     final = fuse(persona, fs, weight)[0]
-    order = np.argsort(-final, kind="stable").tolist()
-    final_l, persona_l, best_l = final.tolist(), persona[0].tolist(), best[0].tolist()
-    fs_l = None if fs is None else fs[0].tolist()
-    explain = table.explain
-    return [
-        Ranked(
-            candidates[i],
-            final_l[i],
-            persona_l[i],
-            None if fs_l is None else fs_l[i],
-            explain(best_l[i], persona_l[i]),
-        )  # fmt: skip
-        for i in order
-    ]
+    order = np.argsort(-final, kind="stable")
+    return Reranking(
+        table=table,
+        item_ids=[candidates[i] for i in order.tolist()],
+        scores=final[order].tolist(),
+        persona_scores=persona[0, order].tolist(),
+        first_stage=None if fs is None else fs[0, order].tolist(),
+        best=best[0, order].tolist(),
+    )
 
 
 def ranks_of(final: np.ndarray, target_col: np.ndarray) -> np.ndarray:

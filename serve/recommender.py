@@ -57,17 +57,7 @@ class Recommender:
             snap.table.rows(candidates)  # unknown candidate ids are an error either way
             return self._popular(snap, user_id, candidates)
         weight = self.cfg.score.fusion_weight if first_stage is not None else 0.0
-        ranked = rerank(snap.table, snap.profiles[row], candidates, first_stage, weight)
-        items = [
-            {
-                "item_id": r.item_id,
-                "score": r.score,
-                "persona_score": r.persona_score,
-                "first_stage": r.first_stage,
-                "explanation": r.explanation._asdict(),
-            }
-            for r in ranked
-        ]
+        items = rerank(snap.table, snap.profiles[row], candidates, first_stage, weight).records()
         return Result(user_id, snap.collection, snap.encoder_version, None, items)
 
     def recommend(self, user_id: str, k: int) -> Result:
