@@ -20,15 +20,17 @@ ARGS     ?=
 P4R      := $(VENV)/bin/p4r
 comma    := ,
 
-.PHONY: help install models test-models run test lint bench bench-reason bench-train clean
+.PHONY: help install models test-models run serve test lint bench bench-reason bench-train bench-serve clean
 
 help:
 	@sed -n '1,4p' Makefile | sed 's/^# \{0,1\}//'
+	@echo "  make serve  the HTTP service on the index \`make run\` built (p4r serve; port 8000)"
 	@echo "  make lint   ruff over the code"
 	@echo "  make models        local copies of the LLMs the tests and \`make run\` use (no hub on this machine)"
 	@echo "  make bench         benchmarks/prepare.py: prepare throughput up to 5M reviews (a table; ~10 minutes)"
 	@echo "  make bench-reason  benchmarks/reason.py: engines and modes on 20 items (a table; ~1 hour)"
 	@echo "  make bench-train   benchmarks/train.py: encoder examples/s per mode and workers, embedding texts/s"
+	@echo "  make bench-serve   benchmarks/serve.py: rerank latency, HTTP under wrk, recommend at 10k-1M personas (~40 min)"
 	@echo "  make clean  remove artifacts/ (not the virtualenv)"
 	@echo "Variables: VENV=$(VENV) EXTRAS=$(EXTRAS) DATASET=$(DATASET) DATA=$(DATA) RUN_CONFIG=$(RUN_CONFIG) ARGS=$(ARGS)"
 
@@ -55,6 +57,9 @@ run: models
 	  $(P4R) data fetch $(DATASET) && $(P4R) run -d $(DATASET) $(if $(RUN_CONFIG),-c $(RUN_CONFIG)) $(ARGS); \
 	fi
 
+serve: install
+	$(P4R) serve -d $(DATASET) $(if $(RUN_CONFIG),-c $(RUN_CONFIG)) $(ARGS)
+
 # pytest exits 5 when it collects no test: that is a broken suite here, reported as such.
 test: install test-models
 	@$(VENV)/bin/pytest $(PYTEST_ARGS); rc=$$?; \
@@ -72,6 +77,10 @@ bench-reason: models
 
 bench-train: install
 	$(VENV)/bin/python benchmarks/train.py
+
+# The HTTP part needs wrk (Debian: apt-get install wrk); without it that part is skipped and says so.
+bench-serve: install
+	$(VENV)/bin/python benchmarks/serve.py
 
 clean:
 	rm -rf artifacts

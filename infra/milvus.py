@@ -68,14 +68,14 @@ def connect(cfg: Config) -> MilvusClient:
     try:
         return MilvusClient(uri=uri, token=token)
     except MilvusException as exc:
-        raise PersonaIndexError(f"cannot connect to Milvus at {uri}: {exc}") from None
-    except Exception as exc:  # Milvus Lite's lock: another process has the folder open
-        if "lock" in str(exc).lower():
-            raise PersonaIndexError(
-                f"Milvus Lite at {uri} is open in another process (it serves one at a time). Stop it, or run "
-                "`milvus-lite server --data-dir <folder>` and set index.uri=http://127.0.0.1:19530 everywhere."
-            ) from None
-        raise
+        hint = ""
+        if is_lite(uri):
+            hint = (
+                ". Milvus Lite serves one process at a time: if another one (`p4r serve`, `p4r index`) has this "
+                "folder open, stop it, or run `milvus-lite server --data-dir <folder>` and set "
+                "index.uri=http://127.0.0.1:19530 for every process"
+            )
+        raise PersonaIndexError(f"cannot open Milvus at {uri}: {getattr(exc, 'message', exc)}{hint}") from None
 
 
 def is_lite(uri: str) -> bool:

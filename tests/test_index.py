@@ -121,8 +121,9 @@ def test_a_build_that_fails_half_way_leaves_the_alias_and_the_old_version_intact
     assert milvus.resolve(client, ALIAS) == f"{ALIAS}__good" and milvus.count(client, ALIAS) == 30
 
 
-def test_recommend_equals_brute_force_on_a_small_catalogue(client):
-    icfg = IndexConfig(index_type="FLAT")
+@pytest.mark.parametrize("partitions", [0, 4])
+def test_recommend_equals_brute_force_on_a_small_catalogue(client, partitions):
+    icfg = IndexConfig(index_type="FLAT", partitions=partitions)  # 4: item_id as the partition key
     rows = catalogue(30, per_item=4)
     table, _ = build(client, f"{ALIAS}__v1", rows, icfg)
     vectors = schemas.arrow_to_vectors(table["vector"])
@@ -167,3 +168,25 @@ def test_the_watcher_swaps_in_a_moved_alias_and_keeps_serving_when_a_reload_fail
     assert not w.refresh() and w.current.collection == "v1" and "unreadable" in w.last_error
     target["name"] = "v2"
     assert w.refresh() and w.current.collection == "v2" and w.last_error is None
+
+
+def test_a_lite_folder_held_by_another_process_is_a_clear_error(tmp_path):
+    import subprocess
+    import sys
+
+    from persona4rec.config import load_config
+
+    path = tmp_path / "held.db"
+    code = (
+        f"import time; from pymilvus import MilvusClient; MilvusClient({str(path)!r}); "
+        "print('ready', flush=True); time.sleep(60)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        assert holder.stdout.readline().strip() == b"ready"
+        cfg = load_config([f"index.uri={path}"], dataset="amazon2014-musical-instruments").config
+        with pytest.raises(milvus.PersonaIndexError, match="one process at a time"):
+            milvus.connect(cfg)
+    finally:
+        holder.kill()
+        holder.wait()

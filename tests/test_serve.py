@@ -240,6 +240,18 @@ def test_the_running_service_swaps_in_a_rebuilt_index(served):
     finally:
         client.close()
 
+    from click.testing import CliRunner
+
+    from persona4rec.cli import main
+
+    args = ["-d", cfg.dataset, f"paths.artifacts={cfg.paths.artifacts}", f"index.uri={cfg.index.uri}"]
+    listed = CliRunner().invoke(main, ["index", "--list", *args])
+    assert listed.exit_code == 0 and f"* {new}" in listed.output and f"  {old}" in listed.output, listed.output
+    refused = CliRunner().invoke(main, ["index", "--drop", new, *args])
+    assert refused.exit_code == 2 and "is the live version" in refused.output
+    dropped = CliRunner().invoke(main, ["index", "--drop", old, *args])
+    assert dropped.exit_code == 0 and f"dropped {old}" in dropped.output
+
 
 def test_unknown_users_fall_back_to_popularity_when_configured(served):
     cfg, _, first = served
