@@ -428,6 +428,30 @@ def index(loaded: LoadedConfig, force: bool, quiet: bool, list_: bool, drop: str
         client.close()
 
 
+STAGES: dict[str, Callable[..., None]] = {
+    "prepare": _prepare,
+    "reason": _reason,
+    "align": _align,
+    "embed": _embed,
+    "train": _train,
+    "promote": _promote,
+    "index": _index,
+}
+
+
+def _not_yet(name: str, pending: str) -> None:
+    @main.command(
+        name=name,
+        context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+        help=f"Not yet available: arrives with {pending}.",
+    )
+    def _command() -> None:
+        raise StageUnavailable(f"`p4r {name}` is not yet available: it arrives with {pending}.")
+
+
+for _name, _pending in PIPELINE:
+    if _pending is not None:
+        _not_yet(_name, _pending)
 # ------------------------------------------------------------------------------------------- serve
 
 
@@ -456,30 +480,6 @@ def serve(loaded: LoadedConfig, host: str | None, port: int | None) -> None:
     uvicorn.run(app, host=host or cfg.serve.host, port=port or cfg.serve.port, log_level="warning")
 
 
-STAGES: dict[str, Callable[..., None]] = {
-    "prepare": _prepare,
-    "reason": _reason,
-    "align": _align,
-    "embed": _embed,
-    "train": _train,
-    "promote": _promote,
-    "index": _index,
-}
-
-
-def _not_yet(name: str, pending: str) -> None:
-    @main.command(
-        name=name,
-        context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
-        help=f"Not yet available: arrives with {pending}.",
-    )
-    def _command() -> None:
-        raise StageUnavailable(f"`p4r {name}` is not yet available: it arrives with {pending}.")
-
-
-for _name, _pending in PIPELINE:
-    if _pending is not None:
-        _not_yet(_name, _pending)
 _not_yet("submit", "issue #7 (cluster job submission)")
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from persona4rec.errors import ConfigError
 
@@ -374,6 +374,12 @@ class IndexConfig(_Section):
     token_env: str | None = Field(None, description="Environment variable holding the Milvus token, if one is needed.")
     alias: str | None = Field(None, description="null: p4r_<dataset>. Readers use it; it points at the live version.")
     encoder_version: str | None = Field(None, description="Registered encoder version to index with; null: champion.")
+
+    @field_validator("encoder_version", mode="before")
+    @classmethod
+    def _version_as_text(cls, value: Any) -> Any:
+        """`index.encoder_version=3` on the command line reads as a number; a version is a name."""
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
     index_type: Literal["FLAT", "HNSW", "IVF_FLAT", "IVF_SQ8"] = Field("HNSW", description="Milvus vector index.")
     index_params: dict[str, int] = Field(
         default_factory=lambda: {"M": 16, "efConstruction": 200}, description="Build parameters of index_type."

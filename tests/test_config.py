@@ -133,3 +133,7 @@ def test_config_is_frozen_and_hash_is_stable():
 def test_example_experiments_load():
     for path in sorted((conf_dir() / "experiments").glob("*.yaml")):
         load_config(experiment=path)
+
+
+def test_an_encoder_version_given_as_a_number_is_kept_as_a_name():
+    assert load_config(["index.encoder_version=3"], dataset="yelp").config.index.encoder_version == "3"
