@@ -380,6 +380,7 @@ class IndexConfig(_Section):
     def _version_as_text(cls, value: Any) -> Any:
         """`index.encoder_version=3` on the command line reads as a number; a version is a name."""
         return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
     index_type: Literal["FLAT", "HNSW", "IVF_FLAT", "IVF_SQ8"] = Field("HNSW", description="Milvus vector index.")
     index_params: dict[str, int] = Field(
         default_factory=lambda: {"M": 16, "efConstruction": 200}, description="Build parameters of index_type."
