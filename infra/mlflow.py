@@ -168,6 +168,23 @@ def _record_promotion(c: MlflowClient, cfg: Config, version: str, record: dict[s
             c.log_artifact(run_id, str(path), "promotions")
 
 
+def log_evaluation(cfg: Config, folder: Path, rows: list[dict[str, Any]], manifest: Any) -> str:
+    """One MLflow run per evaluation: every figure over all users as a metric, the report, plots and table."""
+    c = client(cfg)
+    experiment = c.get_experiment_by_name(cfg.mlflow.experiment)
+    with mlflow.start_run(experiment_id=experiment.experiment_id, run_name=f"evaluate-{cfg.dataset}") as run:
+        mlflow.set_tags({"stage": "evaluate", "dataset": cfg.dataset, "fingerprint": manifest.fingerprint[:16]})
+        mlflow.log_params({k: _short(v) for k, v in _flatten({"evaluate": cfg.evaluate.model_dump()}).items()})
+        values = {
+            _name(f"{r['generator']}.{r['reranker']}.{r['metric']}"): r["value"]
+            for r in rows
+            if r["segment"] == "all" and r["value"] is not None
+        }
+        mlflow.log_metrics(values)
+        mlflow.log_artifacts(str(folder), artifact_path="evaluation")
+    return run.info.run_id
+
+
 def _name(metric: str) -> str:
     """MLflow metric names allow no '@': hr@10 is logged as hr_at_10."""
     return metric.replace("@", "_at_")

@@ -28,8 +28,8 @@ PIPELINE: tuple[tuple[str, str | None], ...] = (
     ("train", None),
     ("promote", None),
     ("index", None),
-    ("candidates", "issue #6 (first-stage candidates)"),
-    ("evaluate", "issue #6 (evaluation and reports)"),
+    ("candidates", None),
+    ("evaluate", None),
 )
 AVAILABLE = tuple(name for name, pending in PIPELINE if pending is None)
 
@@ -92,8 +92,8 @@ def main() -> None:
       train       Ray Train: the alignment encoder, logged and registered in MLflow
       promote     MLflow: the champion alias moves only to a better encoder
       index       Milvus: persona index versions behind an alias (incremental, checked)
-      candidates  first-stage CF candidates                         (not yet available)
-      evaluate    metrics and reports                               (not yet available)
+      candidates  PyTorch (or Ray Train): popularity, BPR-MF, LightGCN top-N lists, tuned on validation
+      evaluate    every reranker on the same candidates: HR/MRR/NDCG, CIs, tests, segments, report
       serve       HTTP rerank / recommend with explanations (in-memory scoring, hot reload)
     `p4r run` runs every available stage in order.
 
@@ -428,6 +428,91 @@ def index(loaded: LoadedConfig, force: bool, quiet: bool, list_: bool, drop: str
         client.close()
 
 
+def _candidates(loaded: LoadedConfig, *, force: bool, quiet: bool) -> None:
+    from persona4rec.jobs.candidates.job import run as candidates_run
+
+    result = candidates_run(loaded.config, force=force, progress=not quiet)
+    c = result.manifest.counts
+    if result.skipped:
+        click.echo(f"candidates: up to date, nothing to do ({result.folder})")
+        return
+    n = loaded.config.candidates.top_n
+    click.echo(f"candidates: wrote {result.folder}")
+    click.echo(f"  {c['users']:,} users, {c['items']:,} items, {c['train_interactions']:,} training interactions")
+    for name, g in c["generators"].items():
+        tuned = ", ".join(f"{k}={v:g}" for k, v in g["params"].items() if not isinstance(v, dict)) or "no parameters"
+        t = g["test_full_ranking"]
+        click.echo(
+            f"  {name:<10} test HR@{n} {c['hit_rate'][name]['test']:.4f}  full-ranking HR@10 {t['hr@10']:.4f} "
+            f"NDCG@10 {t['ndcg@10']:.4f}  ({tuned})"
+        )
+
+
+@main.command()
+@config_options
+@click.option("--force", is_flag=True, help="Retrain even when lists for these inputs and settings exist.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+def candidates(loaded: LoadedConfig, force: bool, quiet: bool) -> None:
+    """Train the first-stage generators on the training split and list top-N candidates per user.
+
+    \b
+    candidates.generators: popularity, BPR-MF and LightGCN (PyTorch; candidates.num_workers=N runs them
+    on Ray Train). Every combination of a model's grid (e.g. candidates.bpr.grid.l2=[1e-4,1e-3]) is
+    trained, stopping early on validation NDCG@top_n, and the best is kept. Lists leave out the user's
+    training items (and, for test, the validation item) and are never padded.
+    Example:
+      p4r candidates -c conf/experiments/offline-cpu.yaml candidates.top_n=50
+    """
+    _candidates(loaded, force=force, quiet=quiet)
+
+
+def _evaluate(loaded: LoadedConfig, *, force: bool, quiet: bool) -> None:
+    from persona4rec.jobs.evaluate.job import run as evaluate_run
+
+    result = evaluate_run(loaded.config, force=force, progress=not quiet)
+    if result.skipped:
+        click.echo(f"evaluate: up to date, nothing to do; report: {result.folder / 'report.md'}")
+        return
+    click.echo(f"evaluate: wrote {result.folder / 'report.md'} (plots in {result.folder / 'plots'})")
+    import pyarrow.parquet as pq
+
+    rows = [r for r in pq.read_table(result.table("eval_metrics")).to_pylist() if r["segment"] == "all"]
+    alpha = loaded.config.evaluate.alpha
+    for gen in dict.fromkeys(r["generator"] for r in rows):
+        click.echo(f"  {gen}:")
+        for r in rows:
+            if r["generator"] == gen and r["metric"] == "ndcg@10" and r["value"] is not None:
+                star = "*" if r["p_value"] is not None and r["p_value"] < alpha else " "
+                click.echo(
+                    f"    {r['reranker']:<16} NDCG@10 {r['value']:.4f}{star} [{r['ci_low']:.4f}, {r['ci_high']:.4f}]"
+                )
+    lat = result.manifest.counts.get("latency_ms", {})
+    if lat:
+        click.echo("  latency p50: " + ", ".join(f"{k} {v['p50']:.3g} ms" for k, v in lat.items() if v))
+
+
+@main.command()
+@config_options
+@click.option("--force", is_flag=True, help="Evaluate again even when a report for these inputs exists.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+def evaluate(loaded: LoadedConfig, force: bool, quiet: bool) -> None:
+    """Rerank the same candidates with every reranker; metrics with CIs and tests; a report with plots.
+
+    \b
+    Rerankers (evaluate.rerankers): first_stage, popularity, persona_vanilla (untuned base encoder),
+    persona (the champion or index.encoder_version), persona_fused (fusion weight tuned on validation),
+    summary (one summary vector per item) and llm_listwise (zero-shot listwise LLM, evaluate.listwise.llm
+    or llm.*, on evaluate.listwise.users sampled users, one request at a time, latency recorded).
+    HR/MRR/NDCG at evaluate.ks over every test user, 95% bootstrap intervals, paired randomization tests
+    against first_stage, warm/cold users and head/tail items (top/bottom 20% by reviews). Writes
+    report.md, plots/*.png and eval_metrics under <paths.artifacts>/<dataset>/evaluate/<fingerprint>/
+    and logs them to MLflow.
+    Example:
+      p4r evaluate -c conf/experiments/offline-cpu.yaml evaluate.listwise.users=50
+    """
+    _evaluate(loaded, force=force, quiet=quiet)
+
+
 STAGES: dict[str, Callable[..., None]] = {
     "prepare": _prepare,
     "reason": _reason,
@@ -436,6 +521,8 @@ STAGES: dict[str, Callable[..., None]] = {
     "train": _train,
     "promote": _promote,
     "index": _index,
+    "candidates": _candidates,
+    "evaluate": _evaluate,
 }
 
 

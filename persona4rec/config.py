@@ -188,7 +188,10 @@ class OpenAIOptions(_Section):
 class LLMConfig(_Section):
     """One LLM engine behind one interface; which engine runs it is configuration."""
 
-    engine: Literal["vllm", "llamacpp", "openai"] = "vllm"
+    engine: Literal["vllm", "llamacpp", "openai", "extractive"] = Field(
+        "vllm",
+        description="extractive: no LLM, each persona restates one sampled review (a baseline persona source).",
+    )
     model: str = Field(
         "Qwen/Qwen2.5-1.5B-Instruct",
         description="Hub id or local path (vLLM: a Hugging Face folder; llama.cpp: a .gguf file or hub repo).",
@@ -435,6 +438,118 @@ class ServeConfig(_Section):
     )
 
 
+# --------------------------------------------------------------------------------- candidates, evaluation
+
+
+class BPRConfig(_Section):
+    """BPR-MF: dot products of user and item embeddings learnt with the BPR loss."""
+
+    dim: int = Field(64, ge=1, description="Embedding size.")
+    lr: float = Field(0.005, gt=0, description="Adam learning rate.")
+    l2: float = Field(1e-4, ge=0, description="L2 weight on the batch's embeddings (per example, halved).")
+    epochs: int = Field(100, ge=1, description="Most epochs; validation stops training earlier.")
+    batch_size: int = Field(2048, ge=1)
+    grid: dict[str, list[float]] = Field(
+        default_factory=lambda: {"l2": [1e-4, 1e-3]},
+        description="Values tried on validation (every combination); the best by NDCG@top_n is kept.",
+    )
+
+
+class LightGCNConfig(BPRConfig):
+    """LightGCN: BPR on embeddings propagated over the normalised user-item graph, averaged over layers."""
+
+    layers: int = Field(3, ge=1, description="Propagation layers K.")
+
+
+class CandidatesConfig(_Section):
+    """First-stage generators (`p4r candidates`): trained on the training split, top-N per user."""
+
+    generators: list[Literal["popularity", "bpr", "lightgcn"]] = Field(
+        default_factory=lambda: ["popularity", "bpr", "lightgcn"], description="Generators to train and list."
+    )
+    top_n: int = Field(20, ge=1, description="Candidates per user (the paper's 20), seen items left out.")
+    bpr: BPRConfig = BPRConfig()
+    lightgcn: LightGCNConfig = LightGCNConfig()
+    eval_every: int = Field(5, ge=1, description="Epochs between validation checks (full-ranking NDCG@top_n).")
+    patience: int = Field(4, ge=1, description="Checks without improvement before training stops.")
+    eval_users: int | None = Field(10_000, ge=1, description="Validation users sampled for checks (null: all).")
+    num_workers: int = Field(0, ge=0, description="0: train in this process; N: on Ray Train with N workers.")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _known_grid_keys(self) -> CandidatesConfig:
+        for name in ("bpr", "lightgcn"):
+            section = getattr(self, name)
+            for key, values in section.grid.items():
+                if key not in type(section).model_fields or key == "grid":
+                    raise ValueError(f"{name}.grid: {key!r} is not a {name} setting")
+                if not values:
+                    raise ValueError(f"{name}.grid.{key}: give at least one value")
+        if len(set(self.generators)) != len(self.generators):
+            raise ValueError("generators: each at most once")
+        return self
+
+
+class ListwiseConfig(_Section):
+    """The zero-shot listwise LLM reranker, run online on a sample of test users."""
+
+    users: int = Field(20, ge=0, description="Test users sampled (among those whose item was generated); 0: skip.")
+    generator: Literal["popularity", "bpr", "lightgcn"] | None = Field(
+        None, description="Whose candidates it reranks; null: the last of evaluate.generators."
+    )
+    history: int = Field(5, ge=1, description="The user's latest items shown.")
+    max_tokens: int = Field(160, ge=16)
+    max_attempts: int = Field(2, ge=1, description="Tries per user before it is recorded as failed.")
+    llm: LLMConfig | None = Field(None, description="The LLM it runs; null: the llm section (the persona writer).")
+
+    @model_validator(mode="after")
+    def _an_llm(self) -> ListwiseConfig:
+        if self.llm is not None and self.llm.engine == "extractive":
+            raise ValueError("llm.engine: the listwise reranker needs an LLM, not the extractive baseline")
+        return self
+
+
+Reranker = Literal[
+    "first_stage", "popularity", "persona_vanilla", "persona", "persona_fused", "summary", "llm_listwise"
+]
+
+
+class EvaluateConfig(_Section):
+    """Offline evaluation (`p4r evaluate`): every reranker on the same candidates, with CIs and tests."""
+
+    generators: list[Literal["popularity", "bpr", "lightgcn"]] | None = Field(
+        None, description="Generators whose candidates are evaluated; null: every one `p4r candidates` made."
+    )
+    rerankers: list[Reranker] = Field(
+        default_factory=lambda: [
+            "first_stage", "popularity", "persona_vanilla", "persona", "persona_fused", "summary", "llm_listwise",
+        ],
+        description=(
+            "first_stage: the generator's order; popularity; persona_vanilla: personas with the untuned base "
+            "encoder; persona: the registered encoder (index.encoder_version, else the champion); persona_fused: "
+            "the same fused with the first stage, weight tuned on validation; summary: one summary vector per "
+            "item, same encoder; llm_listwise: zero-shot listwise LLM (evaluate.listwise)."
+        ),
+    )  # fmt: skip
+    ks: list[int] = Field(default_factory=lambda: [5, 10, 20], description="Cut-offs K of HR, MRR and NDCG.")
+    bootstrap: int = Field(1000, ge=10, description="Bootstrap resamples of users for the intervals.")
+    confidence: float = Field(0.95, gt=0, lt=1)
+    permutations: int = Field(10_000, ge=100, description="Sign flips of the paired randomization test.")
+    alpha: float = Field(0.05, gt=0, lt=1, description="Significance level marked in the report.")
+    segment_share: float = Field(0.2, gt=0, le=0.5, description="Share of users (items) called warm/cold (head/tail).")
+    latency_users: int = Field(200, ge=1, description="Users timed through the in-memory rerank path.")
+    listwise: ListwiseConfig = ListwiseConfig()
+    log_to_mlflow: bool = Field(True, description="Log metrics, the report and its plots as an MLflow run.")
+    seed: int = 0
+
+    @field_validator("ks")
+    @classmethod
+    def _positive_ks(cls, ks: list[int]) -> list[int]:
+        if not ks or any(k < 1 for k in ks):
+            raise ValueError("ks: one or more cut-offs, each >= 1")
+        return sorted(set(ks))
+
+
 # ------------------------------------------------------------------------------------------- whole
 
 
@@ -461,6 +576,8 @@ class Config(_Section):
     index: IndexConfig = IndexConfig()
     score: ScoreConfig = ScoreConfig()
     serve: ServeConfig = ServeConfig()
+    candidates: CandidatesConfig = CandidatesConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -352,6 +352,49 @@ ITEM_POPULARITY = TableSchema(
     ),
 )
 
+CANDIDATES = TableSchema(
+    name="candidates",
+    doc=(
+        "First-stage candidate lists (`p4r candidates`): per generator, split and user, the top-N items best first "
+        "with the generator's scores. Training items are left out, and for 'test' the validation item too. A list "
+        "is shorter than N only when fewer items are left; it is never padded."
+    ),
+    key=("generator", "split", "user_id"),
+    columns=(
+        _c("generator", STR, "'popularity', 'bpr' or 'lightgcn'."),
+        _c("split", STR, "'valid' (tuning rerankers) or 'test' (the evaluation)."),
+        _c("user_id", STR, "User id."),
+        _c("target", STR, "The user's held-out item of this split."),
+        _c("items", pa.list_(STR), "Candidate item ids, best first."),
+        _c("scores", pa.list_(F64), "The generator's score of each candidate."),
+    ),
+)
+
+EVAL_METRICS = TableSchema(
+    name="eval_metrics",
+    doc=(
+        "Every figure of an evaluation (`p4r evaluate`), one row per generator, reranker, user segment and metric: "
+        "the mean over the segment's test users, its bootstrap interval, and the paired test against the first stage."
+    ),
+    key=("generator", "reranker", "segment", "metric"),
+    columns=(
+        _c("generator", STR, "Whose candidates were reranked."),
+        _c("reranker", STR, "evaluate.rerankers name."),
+        _c("segment", STR, "'all', 'warm_users', 'cold_users', 'head_items', 'tail_items' or 'llm_sample'."),
+        _c("metric", STR, "hr@K, mrr@K or ndcg@K."),
+        _c("users", I64, "Test users in the segment."),
+        _c("value", F64, "Mean over those users.", nullable=True),
+        _c("ci_low", F64, "Lower bound of the bootstrap interval (evaluate.confidence).", nullable=True),
+        _c("ci_high", F64, "Upper bound.", nullable=True),
+        _c(
+            "p_value",
+            F64,
+            "Paired randomization test against first_stage on the same users (null for it).",
+            nullable=True,
+        ),
+    ),
+)
+
 TABLES: dict[str, TableSchema] = {
     t.name: t
     for t in (
@@ -371,6 +414,8 @@ TABLES: dict[str, TableSchema] = {
         INDEX_ROWS,
         USER_PROFILES,
         ITEM_POPULARITY,
+        CANDIDATES,
+        EVAL_METRICS,
     )
 }
 

@@ -104,7 +104,7 @@ def run(cfg: Config, *, force: bool = False, progress: bool = True) -> IndexResu
         with timer("reuse"):
             reuse = plan_reuse(client, alias, rows, key)
         with timer("encode"):
-            encode = _encoder_fn(cfg, encoder, rows.column("text").to_pylist(), base, progress, "index: personas")
+            encode = encoder_fn(cfg, encoder, rows.column("text").to_pylist(), base, progress, "index: personas")
             table, encoded = assemble(rows, reuse, encode, encoder.spec.dim)
         with timer("users"):
             users, popularity = user_tables(cfg, embedded, encoder, progress)
@@ -198,7 +198,7 @@ def index_rows(embedded: StageResult, reasoned: StageResult) -> tuple[pa.Table, 
     return pa.table(rows), base
 
 
-def _encoder_fn(
+def encoder_fn(
     cfg: Config, encoder: Encoder, texts: list[str], base: np.ndarray, progress: bool, desc: str
 ) -> Callable[[np.ndarray], np.ndarray]:
     """Rows -> encoder vectors: a transform of the stored base vectors when the encoder reads them (vanilla,
@@ -233,7 +233,7 @@ def user_tables(cfg: Config, embedded: StageResult, encoder: Encoder, progress: 
     cols = np.arange(width)[None, :]  # left-aligned, chronological, -1 padded (encoder.profile's layout)
     history = np.where(cols < lengths[:, None], (ends - lengths)[:, None] + cols, -1).astype(np.int64)
     needed = np.unique(history[history >= 0])
-    encode = _encoder_fn(
+    encode = encoder_fn(
         cfg, encoder, inter["text"].to_pylist(), schemas.arrow_to_vectors(inter["vector"]), progress, "index: users"
     )
     vectors = np.zeros((len(inter), encoder.spec.dim), dtype=np.float32)

@@ -1,4 +1,5 @@
-"""LLM engines behind one interface (:class:`Engine`): vLLM, llama.cpp, or any OpenAI-compatible server.
+"""LLM engines behind one interface (:class:`Engine`): vLLM, llama.cpp, or any OpenAI-compatible server
+(and ``extractive``, a named no-LLM baseline persona source).
 
 ``build_engine`` picks the engine named by ``llm.engine`` and imports its module only then, so importing
 this package never pulls in vLLM (or torch) on a machine that runs another engine.
@@ -38,6 +39,12 @@ _ENGINES: dict[str, _EngineSpec] = {
         "llama_cpp",
         "pip install 'persona4rec[llm-cpu]'",
     ),
+    "extractive": _EngineSpec(
+        "persona4rec.ray_actors.engines.extractive_engine",
+        "ExtractiveEngine",
+        "persona4rec",
+        "(part of persona4rec)",
+    ),
     "openai": _EngineSpec(
         "persona4rec.ray_actors.engines.openai_engine",
         "OpenAIEngine",
@@ -64,6 +71,6 @@ def build_engine(cfg: LLMConfig) -> Engine:
             f"reinstall it: {spec.extra}"
         ) from exc
     engine_cls: type[Engine] = getattr(module, spec.cls)
-    if cfg.engine != "openai":  # an HTTP endpoint names its models itself
+    if cfg.engine not in ("openai", "extractive"):  # an HTTP endpoint names its models itself
         cfg = cfg.model_copy(update={"model": resolve_model_ref(cfg.model)})
     return engine_cls(cfg)

@@ -1,0 +1,465 @@
+"""The evaluate stage: every reranker on the same first-stage candidates, metrics with intervals, a report.
+
+For each generator's test lists (``p4r candidates``) it ranks the held-out item under each reranker of
+``evaluate.rerankers`` and reports HR, MRR and NDCG at ``evaluate.ks`` over all test users (a user whose
+item the generator missed scores 0), with bootstrap intervals, a paired randomization test against the
+first-stage order, and the warm/cold user and head/tail item segments. Persona rerankers build user
+profiles from the interactions before the held-out one (train + valid for test, train for valid) and
+score with :class:`~persona4rec.scoring.PersonaTable`, the service's code. The fused variant's weight is
+tuned on the validation lists (:func:`~persona4rec.scoring.tune_fusion`). The zero-shot LLM reranker runs
+the configured LLM online on a sample of users, one request at a time, and its latency is recorded next
+to the persona reranker's. The report (Markdown and PNG plots) is written beside the metrics table and
+logged to MLflow.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from persona4rec import schemas
+from persona4rec.artifacts import Manifest, StageResult, StageStore, Timer, fingerprint, upstream
+from persona4rec.config import Config
+from persona4rec.encoder.profile import profiles
+from persona4rec.errors import StageUnavailable
+from persona4rec.evaluation import metrics as M
+from persona4rec.evaluation.rerankers import Lists, PersonaScorer, first_stage, popularity
+from persona4rec.jobs.candidates import job as candidates_job
+from persona4rec.jobs.prepare import job as prepare_job
+from persona4rec.scoring import PersonaTable, tune_fusion
+from persona4rec.texts import TEXTS_VERSION
+
+STAGE = "evaluate"
+VERSION = 1
+PERSONA_RERANKERS = ("persona_vanilla", "persona", "persona_fused", "summary")
+SEGMENTS = ("all", "warm_users", "cold_users", "head_items", "tail_items")
+
+EvaluateResult = StageResult
+
+
+@dataclass
+class Evaluation:
+    """What the report is made of."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)  # EVAL_METRICS rows
+    latency_ms: dict[str, list[float]] = field(default_factory=dict)  # reranker -> per-request times
+    fusion: dict[str, dict[str, Any]] = field(default_factory=dict)  # generator -> tuned weight, grid scores
+    llm: dict[str, Any] = field(default_factory=dict)
+    counts: dict[str, Any] = field(default_factory=dict)
+
+
+def _runs_listwise(cfg: Config) -> bool:
+    return "llm_listwise" in cfg.evaluate.rerankers and cfg.evaluate.listwise.users > 0
+
+
+def listwise_llm(cfg: Config):
+    """The LLM the listwise reranker runs: evaluate.listwise.llm, else the llm section."""
+    chosen = cfg.evaluate.listwise.llm or cfg.llm
+    if chosen.engine == "extractive":
+        raise StageUnavailable(
+            "the llm_listwise reranker needs an LLM: llm.engine is the extractive baseline; set "
+            "evaluate.listwise.llm (e.g. -c conf/experiments/extractive-personas.yaml) or leave llm_listwise out"
+        )
+    return chosen
+
+
+def _needs_personas(cfg: Config) -> bool:
+    return any(r in PERSONA_RERANKERS for r in cfg.evaluate.rerankers)
+
+
+def _encoder_ref(cfg: Config) -> dict[str, str] | None:
+    if not any(r in ("persona", "persona_fused", "summary") for r in cfg.evaluate.rerankers):
+        return None
+    from persona4rec.jobs.index.job import _encoder_ref as ref
+
+    return ref(cfg)
+
+
+def stage_config(cfg: Config, encoder: dict[str, str] | None) -> dict[str, Any]:
+    doc: dict[str, Any] = {"evaluate": cfg.evaluate.model_dump(mode="json"), "encoder": encoder, "texts": TEXTS_VERSION}
+    doc["evaluate"].pop("log_to_mlflow")
+    if _needs_personas(cfg):
+        doc["profile"] = cfg.encoder.profile.model_dump(mode="json")
+    if _runs_listwise(cfg):
+        doc["listwise_llm"] = listwise_llm(cfg).model_dump(
+            mode="json", include={"engine", "model", "temperature", "seed"}
+        )
+    return doc
+
+
+def _inputs(cfg: Config) -> tuple[dict[str, StageResult], list[dict[str, Any]]]:
+    found = {"candidates": candidates_job.locate(cfg), "prepare": prepare_job.locate(cfg)}
+    if _needs_personas(cfg):
+        from persona4rec.jobs.embed import job as embed_job
+        from persona4rec.jobs.reason import job as reason_job
+
+        found["embed"], found["reason"] = embed_job.locate(cfg), reason_job.locate(cfg)
+    return found, [upstream(name, result) for name, result in found.items()]
+
+
+def locate(cfg: Config) -> EvaluateResult:
+    _, inputs = _inputs(cfg)
+    fp = fingerprint(STAGE, VERSION, stage_config(cfg, _encoder_ref(cfg)), inputs)
+    return StageStore(cfg.artifacts_root / STAGE).locate(fp, f"no evaluation of {cfg.dataset}: run `p4r evaluate`")
+
+
+def run(cfg: Config, *, force: bool = False, progress: bool = True, engine: Any = None) -> EvaluateResult:
+    """``engine``: an LLM engine for the listwise reranker instead of one built from :func:`listwise_llm`."""
+    found, inputs = _inputs(cfg)
+    ref = _encoder_ref(cfg)
+    scfg = stage_config(cfg, ref)
+    fp = fingerprint(STAGE, VERSION, scfg, inputs)
+    store = StageStore(cfg.artifacts_root / STAGE)
+    if not force and (done := store.reuse(fp)) is not None:
+        return done
+
+    timer = Timer()
+    ev = Evaluation()
+    with timer("load"):
+        cand = pq.read_table(found["candidates"].table("candidates"))
+        inter = pq.read_table(
+            found["prepare"].table("interactions"), columns=["user_id", "item_id", "split", "position", "rating"]
+        )
+    made = sorted(set(cand["generator"].to_pylist()), key=cfg.candidates.generators.index)
+    generators = cfg.evaluate.generators or made
+    missing = [g for g in generators if g not in made]
+    if missing:
+        raise StageUnavailable(f"evaluate.generators {missing}: `p4r candidates` made only {made}")
+    user_count, item_count, train_pop = _counts(inter)
+
+    scorers: dict[str, PersonaScorer] = {}
+    if _needs_personas(cfg):
+        with timer("personas"):
+            scorers = persona_scorers(cfg, found, ref, progress)
+
+    rng_seed = cfg.evaluate.seed
+    for gen in generators:
+        with timer(f"rerank_{gen}"):
+            test = _lists(cand, gen, "test")
+            valid = _lists(cand, gen, "valid")
+            scored: dict[str, np.ndarray] = {}
+            for name in cfg.evaluate.rerankers:
+                if name == "first_stage":
+                    scored[name] = first_stage(test)
+                elif name == "popularity":
+                    scored[name] = popularity(test, train_pop)
+                elif name == "persona_fused":
+                    scorer = scorers["persona"]
+                    weight, grid = _tune(scorer, valid, cfg)
+                    ev.fusion[gen] = {"weight": weight, "valid_ndcg@10": grid}
+                    scored[name] = PersonaScorer(scorer.table, scorer.profiles_test, weight)(test)
+                elif name in scorers:
+                    s = scorers[name]
+                    scored[name] = PersonaScorer(s.table, s.profiles_test)(test)
+            ranks = {name: M.target_ranks(s, test.tie_break, test.target_col) for name, s in scored.items()}
+            masks = _segment_masks(test, user_count, item_count, cfg.evaluate.segment_share)
+            ev.rows += metric_rows(gen, ranks, masks, cfg, rng_seed)
+            ev.counts[gen] = {
+                "test_users": len(test.user_ids),
+                "target_in_candidates": int((test.target_col >= 0).sum()),
+                "segments": {k: int(v.sum()) for k, v in masks.items()},
+            }
+    llm_gen = cfg.evaluate.listwise.generator or generators[-1]
+    if _runs_listwise(cfg):
+        with timer("llm_listwise"):
+            ev.rows += llm_rows(cfg, found, llm_gen, _lists(cand, llm_gen, "test"), scorers, train_pop, ev, engine,
+                                progress)  # fmt: skip
+    if "persona" in scorers:
+        s = scorers["persona"]
+        ev.latency_ms["persona"] = PersonaScorer(s.table, s.profiles_test).latency_ms(
+            _lists(cand, llm_gen, "test"), cfg.evaluate.latency_users, rng_seed
+        )
+
+    tmp = store.begin(fp)
+    manifest = Manifest.start(STAGE, fp, cfg.hash(), scfg, inputs)
+    try:
+        (tmp / "eval_metrics").mkdir()
+        pq.write_table(pa.Table.from_pylist(ev.rows, schema=schemas.EVAL_METRICS.arrow()),
+                       tmp / "eval_metrics" / "part-0.parquet")  # fmt: skip
+        manifest.tables["eval_metrics"] = {"rows": schemas.validate_parquet(tmp / "eval_metrics", schemas.EVAL_METRICS)}
+        manifest.counts = {"generators": ev.counts, "fusion": ev.fusion, "llm": ev.llm, "encoder": ref,
+                           "latency_ms": {k: _summary(v) for k, v in ev.latency_ms.items()}}  # fmt: skip
+        manifest.timings_s = timer.timings
+        from persona4rec.evaluation.report import write_report
+
+        with timer("report"):
+            write_report(tmp, ev, cfg, manifest, found)
+        manifest.timings_s = timer.timings
+        manifest.write(tmp)
+        folder = store.publish(tmp, fp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if cfg.evaluate.log_to_mlflow:
+        from persona4rec.infra import mlflow as registry
+
+        registry.log_evaluation(cfg, folder, ev.rows, manifest)
+    return EvaluateResult(folder, manifest, skipped=False)
+
+
+# ------------------------------------------------------------------------------------------- inputs
+
+
+def _counts(inter: pa.Table) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
+    """Reviews per user and per item (all splits: the paper's segment counts) and training popularity."""
+
+    def count(column: pa.ChunkedArray) -> dict[str, int]:
+        vc = pc.value_counts(column)
+        return dict(zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist(), strict=True))
+
+    train = inter.filter(pc.equal(inter["split"], "train"))
+    return count(inter["user_id"]), count(inter["item_id"]), count(train["item_id"])
+
+
+def _lists(cand: pa.Table, generator: str, split: str) -> Lists:
+    sub = cand.filter(pc.and_(pc.equal(cand["generator"], generator), pc.equal(cand["split"], split)))
+    sub = sub.sort_by("user_id")
+    return Lists.build(
+        sub["user_id"].to_pylist(), sub["items"].to_pylist(), sub["scores"].to_pylist(), sub["target"].to_pylist()
+    )
+
+
+def _segment_masks(test: Lists, users: dict[str, int], items: dict[str, int], share: float) -> dict[str, np.ndarray]:
+    u = np.array([users.get(x, 0) for x in test.user_ids])
+    i = np.array([items.get(x, 0) for x in test.target])
+    cold, warm = M.segments(u, share)
+    tail, head = M.segments(i, share)
+    return {"all": np.ones(len(u), bool), "warm_users": warm, "cold_users": cold, "head_items": head,
+            "tail_items": tail}  # fmt: skip
+
+
+@dataclass
+class _Scorer:
+    table: PersonaTable
+    profiles_test: dict[str, np.ndarray]
+    profiles_valid: dict[str, np.ndarray]
+
+
+def persona_scorers(cfg: Config, found: dict[str, StageResult], ref, progress: bool) -> dict[str, _Scorer]:
+    """Persona tables and user profiles (before test, before valid) for each persona reranker asked for."""
+    from persona4rec.encoder.model import Encoder
+    from persona4rec.jobs.index.job import encoder_fn, index_rows
+
+    embedded, reasoned = found["embed"], found["reason"]
+    inter = pq.read_table(embedded.table("interaction_vectors")).sort_by(
+        [("user_id", "ascending"), ("position", "ascending")]
+    )
+    rows, persona_base = index_rows(embedded, reasoned)
+    items = pq.read_table(embedded.table("item_vectors"))
+    wanted = set(cfg.evaluate.rerankers)
+    encoders = {}
+    if "persona_vanilla" in wanted:
+        dim = persona_base.shape[1]
+        p = cfg.encoder.profile
+        encoders["persona_vanilla"] = Encoder.vanilla(
+            cfg.embed.model, dim=dim, max_length=cfg.embed.max_length, history=p.history, gamma=p.gamma,
+            texts_version=TEXTS_VERSION,
+        )  # fmt: skip
+    if wanted & {"persona", "persona_fused", "summary"}:
+        from persona4rec.infra import mlflow as registry
+
+        tuned = registry.load_encoder(cfg, ref["version"])
+        encoders["persona"] = tuned
+        if "summary" in wanted:
+            encoders["summary"] = tuned
+
+    history = _histories(inter, cfg.encoder.profile.history)
+    inter_texts = inter["text"].to_pylist()
+    inter_base = schemas.arrow_to_vectors(inter["vector"])
+    out: dict[str, _Scorer] = {}
+    for name, enc in encoders.items():
+        if name == "summary":
+            texts = items["text"].to_pylist()
+            encode = encoder_fn(cfg, enc, texts, schemas.arrow_to_vectors(items["vector"]), progress,
+                                "evaluate: summaries")  # fmt: skip
+            ids = items["item_id"].to_pylist()
+            table = PersonaTable(
+                persona_ids=["s-" + i for i in ids], item_of=ids, vectors=encode(np.arange(len(ids))),
+                names=ids, descriptions=texts, rationales=[""] * len(ids), evidence=[[] for _ in ids],
+                kinds=["summary"] * len(ids),
+            )  # fmt: skip
+            base = out.get("persona")
+            if base is not None:  # same encoder, same profiles
+                out[name] = _Scorer(table, base.profiles_test, base.profiles_valid)
+                continue
+        else:
+            texts = rows["text"].to_pylist()
+            encode = encoder_fn(cfg, enc, texts, persona_base, progress, f"evaluate: {name} personas")
+            table = PersonaTable(
+                persona_ids=rows["persona_id"].to_pylist(), item_of=rows["item_id"].to_pylist(),
+                vectors=encode(np.arange(len(texts))), names=rows["name"].to_pylist(),
+                descriptions=rows["description"].to_pylist(), rationales=rows["rationale"].to_pylist(),
+                evidence=rows["evidence"].to_pylist(), kinds=rows["kind"].to_pylist(),
+            )  # fmt: skip
+        encode_inter = encoder_fn(cfg, enc, inter_texts, inter_base, progress, f"evaluate: {name} interactions")
+        prof = {}
+        for split, (users, hist, lengths) in history.items():
+            needed = np.unique(hist[hist >= 0])
+            vectors = np.zeros((len(inter_texts), enc.spec.dim), dtype=np.float32)
+            if len(needed):
+                vectors[needed] = encode_inter(needed)
+            vecs = profiles(vectors, hist, lengths, enc.spec.gamma) if len(users) else vectors[:0]
+            prof[split] = dict(zip(users, vecs, strict=True))
+        out[name] = _Scorer(table, prof["test"], prof["valid"])
+    if "persona_fused" in wanted and "persona" not in out:
+        raise StageUnavailable("persona_fused needs the persona reranker's encoder")
+    return out
+
+
+def _histories(inter: pa.Table, width: int) -> dict[str, tuple[list[str], np.ndarray, np.ndarray]]:
+    """For 'test' and 'valid': each user's latest ``width`` interaction rows before that split's item."""
+    users = inter["user_id"].to_pylist()
+    splits = inter["split"].to_pylist()
+    before = {"test": ("train", "valid"), "valid": ("train",)}
+    rows: dict[str, dict[str, list[int]]] = {"test": {}, "valid": {}}
+    for r, (u, s) in enumerate(zip(users, splits, strict=True)):
+        for split, allowed in before.items():
+            if s in allowed:
+                rows[split].setdefault(u, []).append(r)
+    out = {}
+    for split, per_user in rows.items():
+        ids = sorted(per_user)
+        hist = np.full((len(ids), width), -1, dtype=np.int64)
+        lengths = np.zeros(len(ids), dtype=np.int64)
+        for k, u in enumerate(ids):
+            last = per_user[u][-width:]
+            hist[k, : len(last)] = last
+            lengths[k] = len(last)
+        out[split] = (ids, hist, lengths)
+    return out
+
+
+def _tune(scorer: _Scorer, valid: Lists, cfg: Config) -> tuple[float, dict[str, float]]:
+    """The fusion weight with the best validation NDCG@10 among users whose item was generated."""
+    hit = np.flatnonzero(valid.target_col >= 0)
+    hit = hit[[u in scorer.profiles_valid for u in valid.user_ids[hit]]] if len(hit) else hit
+    if not len(hit):
+        return cfg.score.fusion_weight, {}
+    sub = valid.take(hit)
+    persona = PersonaScorer(scorer.table, scorer.profiles_valid).persona_scores(sub)
+    fs = np.where(sub.valid, sub.first_stage, -np.inf)
+    weight, grid = tune_fusion(persona, fs, sub.target_col, cfg.score.fusion_grid, k=10)
+    return weight, {f"{w:g}": v for w, v in grid.items()}
+
+
+# ------------------------------------------------------------------------------------------- metrics
+
+
+def metric_rows(
+    generator: str, ranks: dict[str, np.ndarray], masks: dict[str, np.ndarray], cfg: Config, seed: int,
+    segment_names: tuple[str, ...] = SEGMENTS,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """EVAL_METRICS rows for every reranker, segment and metric (paired against first_stage when present)."""
+    e = cfg.evaluate
+    values = {name: M.per_user(r, e.ks) for name, r in ranks.items()}
+    out = []
+    for segment in segment_names:
+        mask = masks[segment]
+        resamples = M.bootstrap_indices(int(mask.sum()), e.bootstrap, seed)
+        for name, per in values.items():
+            for metric, v in per.items():
+                v = v[mask]
+                lo, hi = M.bootstrap_ci(v, resamples, e.confidence)
+                p = None
+                if name != "first_stage" and "first_stage" in values:
+                    p = M.paired_p_value(v, values["first_stage"][metric][mask], e.permutations, seed)
+                out.append({"generator": generator, "reranker": name, "segment": segment, "metric": metric,
+                            "users": int(mask.sum()), "value": _finite(M.mean(v)), "ci_low": _finite(lo),
+                            "ci_high": _finite(hi), "p_value": p})  # fmt: skip
+    return out
+
+
+def _finite(x: float) -> float | None:
+    return None if x != x else x
+
+
+def _summary(ms: list[float]) -> dict[str, float]:
+    if not ms:
+        return {}
+    a = np.asarray(ms)
+    return {"requests": len(a), "mean": float(a.mean()), "p50": float(np.median(a)), "p95": float(np.quantile(a, 0.95)),
+            "std": float(a.std())}  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------- LLM
+
+
+def llm_rows(cfg, found, generator, test: Lists, scorers, train_pop, ev: Evaluation, engine, progress):
+    """The listwise LLM on a sample of test users whose item was generated, beside the other rerankers
+    on the same users (segment 'llm_sample')."""
+    from persona4rec.evaluation.llm_listwise import rerank_users, scores_from
+    from persona4rec.reasoning.cache import ResultCache
+
+    e = cfg.evaluate
+    pool = np.flatnonzero(test.target_col >= 0)
+    rng = np.random.default_rng(e.seed)
+    rows = np.sort(rng.choice(pool, min(e.listwise.users, len(pool)), replace=False)) if len(pool) else pool
+    sample = test.take(rows)
+    texts, history = _llm_inputs(found, sample, e.listwise.history)
+    owned = engine is None
+    if owned:
+        from persona4rec.ray_actors.engines import build_engine
+
+        engine = build_engine(listwise_llm(cfg))
+    try:
+        cache = ResultCache(cfg.artifacts_root / STAGE / "llm_cache")
+        candidates = {u: [i for i in its if i] for u, its in zip(sample.user_ids, sample.items, strict=True)}
+        res = rerank_users(
+            engine, list(sample.user_ids), history, candidates, texts, cache,
+            max_tokens=e.listwise.max_tokens, max_attempts=e.listwise.max_attempts, progress=progress,
+        )  # fmt: skip
+    finally:
+        if owned:
+            engine.close()
+    width = sample.items.shape[1]
+    scored = {"first_stage": first_stage(sample)}
+    if "popularity" in e.rerankers:
+        scored["popularity"] = popularity(sample, train_pop)
+    for name, s in scorers.items():
+        if name in e.rerankers:
+            scored[name] = PersonaScorer(s.table, s.profiles_test)(sample)
+    if "persona_fused" in e.rerankers:
+        weight = ev.fusion.get(generator, {}).get("weight", cfg.score.fusion_weight)
+        scored["persona_fused"] = PersonaScorer(scorers["persona"].table, scorers["persona"].profiles_test, weight)(
+            sample
+        )
+    scored["llm_listwise"] = np.stack([scores_from(res.ranking[u], width) for u in sample.user_ids]) if len(rows) else \
+        np.zeros((0, width), np.float32)  # fmt: skip
+    ranks = {n: M.target_ranks(s, sample.tie_break, sample.target_col) for n, s in scored.items()}
+    ev.latency_ms["llm_listwise"] = [res.latency_ms[u] for u in sample.user_ids]
+    ev.llm = {"generator": generator, "users": len(rows), "model": engine.model_id, "engine": engine.name,
+              **res.counts, "failures": res.failures, "tokens": res.tokens}  # fmt: skip
+    mask = {"llm_sample": np.ones(len(rows), bool)}
+    return metric_rows(generator, ranks, mask, cfg, e.seed, ("llm_sample",))
+
+
+def _llm_inputs(found, sample: Lists, width: int):
+    """Item texts (summary, else title, else id) and each sampled user's latest items with ratings."""
+    prepared = found["prepare"]
+    items = pq.read_table(prepared.table("items"), columns=["item_id", "title"])
+    titles = dict(zip(items["item_id"].to_pylist(), items["title"].to_pylist(), strict=True))
+    summaries: dict[str, str] = {}
+    if "reason" in found:
+        s = pq.read_table(found["reason"].table("summaries"), columns=["item_id", "summary"])
+        summaries = dict(zip(s["item_id"].to_pylist(), s["summary"].to_pylist(), strict=True))
+    from persona4rec.texts import item_text
+
+    inter = pq.read_table(prepared.table("interactions"), columns=["user_id", "item_id", "split", "position", "rating"])
+    wanted = set(sample.user_ids)
+    inter = inter.filter(pc.is_in(inter["user_id"], pa.array(sorted(wanted)))).sort_by(
+        [("user_id", "ascending"), ("position", "ascending")]
+    )
+    history: dict[str, list[tuple[str, float]]] = {u: [] for u in wanted}
+    for u, i, s, r in zip(*(inter[c].to_pylist() for c in ("user_id", "item_id", "split", "rating")), strict=True):
+        if s != "test":
+            history[u].append((i, r))
+    history = {u: h[-width:] for u, h in history.items()}
+    needed = {i for h in history.values() for i, _ in h} | {i for row in sample.items for i in row if i}
+    texts = {i: item_text(i, summaries.get(i), titles.get(i)) for i in needed}
+    return texts, history

@@ -1,0 +1,125 @@
+"""`p4r candidates` and `p4r evaluate` on the 2013-14 Musical Instruments corpus (scripted personas, a
+trained encoder, SmolLM2 on vLLM as the listwise LLM): tables, figures checked by brute force, the report."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from persona4rec.jobs.candidates import job as candidates_job
+from persona4rec.jobs.evaluate import job as evaluate_job
+from persona4rec.jobs.train import job as train_job
+
+GRID = ("candidates.bpr.epochs=10", "candidates.lightgcn.epochs=10", "candidates.eval_every=2")
+
+
+@pytest.fixture(scope="module")
+def evaluated(mi_pipeline, vllm_engine):
+    config, _ = mi_pipeline
+    trained = train_job.run(config(), progress=False)  # reused when the training tests ran first
+    version = trained.manifest.counts["mlflow"]["version"]
+    cfg = config(*GRID, f"index.encoder_version={version}", "evaluate.listwise.users=4", "evaluate.bootstrap=200",
+                 "evaluate.permutations=500")  # fmt: skip
+    cands = candidates_job.run(cfg, progress=False)
+    result = evaluate_job.run(cfg, progress=False, engine=vllm_engine)
+    return cfg, cands, result
+
+
+def test_candidates_are_unseen_unpadded_and_sorted(evaluated):
+    cfg, cands, _ = evaluated
+    table = pq.read_table(cands.table("candidates")).to_pylist()
+    inter = pq.read_table(
+        candidates_job.prepare_job.locate(cfg).table("interactions"), columns=["user_id", "item_id", "split"]
+    ).to_pylist()
+    seen: dict[tuple[str, str], set[str]] = {}
+    for r in inter:
+        if r["split"] == "train":
+            for split in ("valid", "test"):
+                seen.setdefault((r["user_id"], split), set()).add(r["item_id"])
+        elif r["split"] == "valid":
+            seen.setdefault((r["user_id"], "test"), set()).add(r["item_id"])
+    assert {r["generator"] for r in table} == {"popularity", "bpr", "lightgcn"}
+    for r in table:
+        assert 0 < len(r["items"]) <= cfg.candidates.top_n and len(set(r["items"])) == len(r["items"])
+        assert not set(r["items"]) & seen[(r["user_id"], r["split"])]
+        assert r["scores"] == sorted(r["scores"], reverse=True)
+    counts = cands.manifest.counts
+    assert set(counts["generators"]["bpr"]["tried"][0]) >= {"l2", "valid_ndcg@20"}
+    assert len(counts["generators"]["bpr"]["tried"]) == 2  # the default grid: two l2 values
+
+
+def test_metrics_table_agrees_with_the_candidate_lists(evaluated):
+    cfg, cands, result = evaluated
+    rows = pq.read_table(result.table("eval_metrics")).to_pylist()
+    lists = pq.read_table(cands.table("candidates")).to_pylist()
+    for gen in ("popularity", "bpr", "lightgcn"):
+        test = [r for r in lists if r["generator"] == gen and r["split"] == "test"]
+        expected = np.mean([r["target"] in r["items"][:10] for r in test])
+        got = next(r for r in rows if (r["generator"], r["reranker"], r["segment"], r["metric"])
+                   == (gen, "first_stage", "all", "hr@10"))  # fmt: skip
+        assert got["value"] == pytest.approx(expected) and got["users"] == len(test)
+        assert got["ci_low"] <= got["value"] <= got["ci_high"] and got["p_value"] is None
+        hr20 = {r["reranker"]: r["value"] for r in rows if (r["generator"], r["segment"], r["metric"])
+                == (gen, "all", "hr@20")}  # fmt: skip
+        assert len(set(np.round(list(hr20.values()), 12))) == 1  # every reranker reorders the same 20
+    names = {r["reranker"] for r in rows}
+    assert names == {
+        "first_stage",
+        "popularity",
+        "persona_vanilla",
+        "persona",
+        "persona_fused",
+        "summary",
+        "llm_listwise",
+    }
+    assert {r["segment"] for r in rows} == {"all", "warm_users", "cold_users", "head_items", "tail_items",
+                                           "llm_sample"}  # fmt: skip
+
+
+def test_persona_reranker_equals_brute_force_max_over_personas(evaluated):
+    cfg, cands, result = evaluated
+    scorers = evaluate_job.persona_scorers(cfg, evaluate_job._inputs(cfg)[0], result.manifest.counts["encoder"],
+                                           False)  # fmt: skip
+    s = scorers["persona"]
+    test = evaluate_job._lists(pq.read_table(cands.table("candidates")), "bpr", "test")
+    hits = []
+    for u, items, col in zip(test.user_ids, test.items, test.target_col, strict=True):
+        table = s.table
+        best = [max(float(table.vectors[r] @ s.profiles_test[u]) for r in table.personas_of(i)) for i in items if i]
+        order = sorted(range(len(best)), key=lambda j: (-best[j], j))
+        rank = order.index(col) + 1 if col >= 0 else 0
+        hits.append(1 <= rank <= 10)
+    rows = pq.read_table(result.table("eval_metrics")).to_pylist()
+    got = next(r for r in rows if (r["generator"], r["reranker"], r["segment"], r["metric"])
+               == ("bpr", "persona", "all", "hr@10"))  # fmt: skip
+    assert got["value"] == pytest.approx(np.mean(hits))
+
+
+def test_report_plots_llm_latency_and_a_rerun_that_does_nothing(evaluated):
+    cfg, _, result = evaluated
+    report = (result.folder / "report.md").read_text()
+    for heading in ("## Generator: bpr", "## Zero-shot LLM listwise reranker", "## Latency per request",
+                    "## Configuration", "persona_fused: weight"):  # fmt: skip
+        assert heading in report
+    for plot in ("metrics_at_k.png", "latency_quality.png", "segment_gains.png"):
+        assert (result.folder / "plots" / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    llm = result.manifest.counts["llm"]
+    assert llm["users"] == 4 and llm["ok"] + llm["failed"] == 4
+    lat = result.manifest.counts["latency_ms"]
+    assert lat["persona"]["requests"] > 0 and lat["llm_listwise"]["requests"] == 4
+    assert lat["llm_listwise"]["p50"] > lat["persona"]["p50"]
+    again = evaluate_job.run(cfg, progress=False)
+    assert again.skipped and again.folder == result.folder
+
+
+def test_evaluation_is_logged_to_mlflow(evaluated):
+    import mlflow
+
+    cfg, _, result = evaluated
+    mlflow.set_tracking_uri(cfg.tracking_uri)
+    runs = mlflow.search_runs(experiment_names=[cfg.mlflow.experiment], filter_string="tags.stage = 'evaluate'")
+    assert len(runs) >= 1
+    run = runs.iloc[0]
+    assert run["tags.fingerprint"] == result.manifest.fingerprint[:16]
+    assert "metrics.bpr.persona.ndcg_at_10" in runs.columns
