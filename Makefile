@@ -20,7 +20,7 @@ ARGS     ?=
 P4R      := $(VENV)/bin/p4r
 comma    := ,
 
-.PHONY: help install models test-models run serve test lint bench bench-reason bench-train bench-serve clean
+.PHONY: help install models test-models run serve test lint bench bench-reason bench-train bench-serve bench-cf clean
 
 help:
 	@sed -n '1,4p' Makefile | sed 's/^# \{0,1\}//'
@@ -31,6 +31,7 @@ help:
 	@echo "  make bench-reason  benchmarks/reason.py: engines and modes on 20 items (a table; ~1 hour)"
 	@echo "  make bench-train   benchmarks/train.py: encoder examples/s per mode and workers, embedding texts/s"
 	@echo "  make bench-serve   benchmarks/serve.py: rerank latency, HTTP under wrk, recommend at 10k-1M personas (~40 min)"
+	@echo "  make bench-cf      benchmarks/cf_beauty.py: BPR-MF and LightGCN on Beauty against published numbers (~30 min)"
 	@echo "  make clean  remove artifacts/ (not the virtualenv)"
 	@echo "Variables: VENV=$(VENV) EXTRAS=$(EXTRAS) DATASET=$(DATASET) DATA=$(DATA) RUN_CONFIG=$(RUN_CONFIG) ARGS=$(ARGS)"
 
@@ -81,6 +82,9 @@ bench-train: install
 # The HTTP part needs wrk (Debian: apt-get install wrk); without it that part is skipped and says so.
 bench-serve: install
 	$(VENV)/bin/python benchmarks/serve.py
+
+bench-cf: install
+	$(VENV)/bin/python benchmarks/cf_beauty.py --data ../shared/data/s3rec_sequences/Beauty.txt
 
 clean:
 	rm -rf artifacts

@@ -37,7 +37,7 @@ class EmbeddingGenerator(Generator):
         workers = self.settings.get("num_workers", 0)
         state = _fit_on_ray(config, workers) if workers else train_loop(config)
         self.users, self.items = state["users"], state["items"]
-        self.history = state["history"]
+        self.history, self.best_epoch = state["history"], state["best_epoch"]
         return self
 
     def scores(self, users: np.ndarray) -> np.ndarray:

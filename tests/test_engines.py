@@ -261,3 +261,17 @@ def test_llamacpp_needs_a_gguf_file_or_a_hub_filename(tmp_path) -> None:
         build_engine(LLMConfig(engine="llamacpp", model=str(tmp_path / "hf-folder")))
     with pytest.raises(ConfigError, match="llm.llamacpp.filename"):
         build_engine(LLMConfig(engine="llamacpp", model="someone/some-model-GGUF"))
+
+
+def test_the_extractive_baseline_is_an_engine_that_restates_the_shown_reviews() -> None:
+    engine = build_engine(LLMConfig(engine="extractive", model="unused"))
+    prompt = (
+        "<reviews>\n[R1] (5★) Bright strings, they stay in tune for weeks.\n[R2] (2★) Broke on the second day.\n"
+        "</reviews>\nWrite between 2 and 3 personas."
+    )
+    done = engine.complete([ChatRequest("k", ({"role": "user", "content": prompt},))])[0]
+    answer = done.json()
+    assert engine.name == "extractive" and done.finish_reason == "stop"
+    assert [p["evidence"] for p in answer["personas"]] == [[1], [2]]
+    assert answer["personas"][0]["name"].startswith("R1 fan") and answer["personas"][1]["name"].startswith("R2 critic")
+    assert "Bright strings" in answer["personas"][0]["description"] and answer["summary"]

@@ -76,7 +76,7 @@ def _needs_personas(cfg: Config) -> bool:
 def _encoder_ref(cfg: Config) -> dict[str, str] | None:
     if not any(r in ("persona", "persona_fused", "summary") for r in cfg.evaluate.rerankers):
         return None
-    from persona4rec.jobs.index.job import _encoder_ref as ref
+    from persona4rec.jobs.index.job import encoder_ref as ref
 
     return ref(cfg)
 

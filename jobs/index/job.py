@@ -39,7 +39,8 @@ ENCODE_BATCH = 256
 IndexResult = StageResult
 
 
-def _encoder_ref(cfg: Config) -> dict[str, str]:
+def encoder_ref(cfg: Config) -> dict[str, str]:
+    """The registered encoder version the index (and evaluation) uses: index.encoder_version, else the champion."""
     from persona4rec.infra import mlflow as registry
 
     ref = registry.resolve_version(cfg, cfg.index.encoder_version)
@@ -65,7 +66,7 @@ def _inputs(cfg: Config):
 def locate(cfg: Config) -> IndexResult:
     """The stage output of the current inputs and encoder (the champion unless index.encoder_version)."""
     _, _, inputs = _inputs(cfg)
-    fp = fingerprint(STAGE, VERSION, stage_config(cfg, _encoder_ref(cfg)), inputs)
+    fp = fingerprint(STAGE, VERSION, stage_config(cfg, encoder_ref(cfg)), inputs)
     return StageStore(cfg.artifacts_root / STAGE).locate(fp, f"no persona index for {cfg.dataset}: run `p4r index`")
 
 
@@ -78,7 +79,7 @@ def run(cfg: Config, *, force: bool = False, progress: bool = True) -> IndexResu
     from persona4rec.infra import mlflow as registry
 
     embedded, reasoned, inputs = _inputs(cfg)
-    ref = _encoder_ref(cfg)
+    ref = encoder_ref(cfg)
     scfg = stage_config(cfg, ref)
     fp = fingerprint(STAGE, VERSION, scfg, inputs)
     store = StageStore(cfg.artifacts_root / STAGE)
