@@ -2,6 +2,9 @@
 
 For one user at a time, as a service would, the local LLM reads the user's latest items (each as its
 summary, with the user's rating) and the numbered candidates, and answers ``{"ranking": [numbers]}``.
+Candidates are shown in a random order, seeded by the user, not in first-stage order: LLM rankers are
+biased towards the order they are shown (Hou et al.), and a small model often hands it back unchanged
+(counted as ``echoed``); shuffling keeps the first stage from winning through that bias.
 An answer is accepted when every number names a candidate; repeats are dropped and unranked candidates
 follow in first-stage order (counted as ``completed``). An answer that is not valid is retried up to
 ``max_attempts`` times, then recorded as failed and the user keeps the first-stage order. Answers are
@@ -10,6 +13,7 @@ cached by content hash with their latency, so a rerun reuses them (and reports t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -20,7 +24,7 @@ import numpy as np
 from persona4rec.ray_actors.engines.base import ChatRequest, Engine
 from persona4rec.reasoning.cache import ResultCache, content_key
 
-PROMPT_VERSION = "listwise-v1"
+PROMPT_VERSION = "listwise-v2"
 ITEM_CHARS = 160
 
 SYSTEM = (
@@ -33,7 +37,9 @@ SYSTEM = (
 class ListwiseResult:
     ranking: dict[str, list[int]] = field(default_factory=dict)  # user -> candidate columns, best first
     latency_ms: dict[str, float] = field(default_factory=dict)  # user -> wall time of its calls
-    counts: dict[str, int] = field(default_factory=lambda: {"ok": 0, "failed": 0, "completed": 0, "cached": 0})
+    counts: dict[str, int] = field(
+        default_factory=lambda: {"ok": 0, "failed": 0, "completed": 0, "echoed": 0, "cached": 0}
+    )
     failures: dict[str, int] = field(default_factory=dict)
     tokens: dict[str, int] = field(default_factory=lambda: {"prompt": 0, "completion": 0})
 
@@ -104,7 +110,8 @@ def rerank_users(
     out = ListwiseResult()
     for user in tqdm(users, desc="evaluate: LLM listwise", unit="user", disable=not progress):
         cands = candidates[user]
-        messages = prompt([(texts[i], r) for i, r in history[user]], [texts[i] for i in cands])
+        shown = shown_order(user, len(cands))
+        messages = prompt([(texts[i], r) for i, r in history[user]], [texts[cands[c]] for c in shown])
         key = content_key(
             "listwise", prompt=PROMPT_VERSION, messages=messages, model=engine.model_id, max_tokens=max_tokens
         )
@@ -114,6 +121,7 @@ def rerank_users(
             out.latency_ms[user] = row["seconds"] * 1000
             out.counts["ok"] += 1
             out.counts["cached"] += 1
+            out.counts["echoed"] += out.ranking[user] == shown
             continue
         request = ChatRequest(key, tuple(messages), schema(len(cands)), max_tokens, 0.0)
         error, ranking, calls, pt, ct = "", None, 0, 0, 0
@@ -127,6 +135,8 @@ def rerank_users(
                 if done.truncated:
                     raise ValueError("answer cut off at max_tokens")
                 ranking, appended = parse(done.text, len(cands))
+                out.counts["echoed"] += ranking == list(range(len(cands)))
+                ranking = [shown[x] for x in ranking]  # presented positions -> first-stage columns
                 break
             except ValueError as exc:
                 error = str(exc)
@@ -154,6 +164,12 @@ def rerank_users(
             ]
         )  # fmt: skip
     return out
+
+
+def shown_order(user: str, n: int) -> list[int]:
+    """The first-stage columns in the order the LLM sees them: a permutation seeded by the user id."""
+    seed = int.from_bytes(hashlib.sha256(user.encode()).digest()[:8], "big")
+    return np.random.default_rng(seed).permutation(n).tolist()
 
 
 def scores_from(ranking: list[int], width: int) -> np.ndarray:

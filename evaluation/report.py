@@ -145,8 +145,9 @@ def _llm_section(ev, rows, alpha) -> list[str]:
             f"{l['users']} test users of `{l['generator']}` whose held-out item is among the candidates (so these "
             "figures are conditional on a first-stage hit and higher than the ones above), sampled at random; "
             f"every reranker on the same users. LLM: `{l['model']}` on {l['engine']}, one request per user. "
-            f"Answers: {l['ok']} valid ({l['completed']} had unranked candidates appended in first-stage order, "
-            f"{l['cached']} from the cache), {l['failed']} failed (first-stage order kept)"
+            f"Candidates were shown in a random order per user. Answers: {l['ok']} valid ({l['echoed']} "
+            f"returned the shown order unchanged, {l['completed']} had unranked candidates appended in "
+            f"first-stage order, {l['cached']} from the cache), {l['failed']} failed (first-stage order kept)"
             + (f": {json.dumps(l['failures'])}" if l["failures"] else "")
             + f". Tokens: {l['tokens']['prompt']:,} prompt, {l['tokens']['completion']:,} generated.",
             "",

@@ -15,14 +15,21 @@ import platform
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from persona4rec import __version__
 from persona4rec.config import stable_hash
 from persona4rec.errors import StageUnavailable
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from persona4rec.schemas import TableSchema
 
 MANIFEST = "manifest.json"
 CURRENT = "CURRENT"
@@ -51,6 +58,18 @@ class Manifest:
         """A stage's manifest before its tables are written: identity, inputs and where it runs."""
         env = {"persona4rec": __version__, "python": platform.python_version(), "cpu_count": str(os.cpu_count())}
         return cls(stage, fp, config_hash, stage_config, inputs, environment={**env, **environment})
+
+    def add_table(self, folder: Path, table: pa.Table, schema: TableSchema) -> int:
+        """Write a contracted table as ``folder/<name>/part-0.parquet``, check it, and record its rows."""
+        import pyarrow.parquet as pq
+
+        from persona4rec.schemas import validate_parquet
+
+        (folder / schema.name).mkdir()
+        pq.write_table(table, folder / schema.name / "part-0.parquet")
+        rows = validate_parquet(folder / schema.name, schema)
+        self.tables[schema.name] = {"rows": rows}
+        return rows
 
     def write(self, folder: Path) -> Path:
         path = folder / MANIFEST
@@ -129,6 +148,16 @@ class StageStore:
         tmp = self.root / f".tmp-{fp[:16]}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         return tmp
+
+    @contextmanager
+    def building(self, fp: str) -> Iterator[Path]:
+        """:meth:`begin`, removed again if the block fails (publish inside the block)."""
+        tmp = self.begin(fp)
+        try:
+            yield tmp
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
     def publish(self, tmp: Path, fp: str) -> Path:
         """Move a finished build into place and point CURRENT at it."""

@@ -123,3 +123,32 @@ def test_evaluation_is_logged_to_mlflow(evaluated):
     run = runs.iloc[0]
     assert run["tags.fingerprint"] == result.manifest.fingerprint[:16]
     assert "metrics.bpr.persona.ndcg_at_10" in runs.columns
+
+
+def test_listwise_answers_map_back_through_the_shown_order_and_bad_ones_are_bounded(tmp_path):
+    import json
+
+    from persona4rec.evaluation.llm_listwise import rerank_users, shown_order
+    from persona4rec.reasoning.cache import ResultCache
+    from tests.scripted_engine import ScriptedEngine
+
+    answers = {"good": '{"ranking": [3, 1, 3]}', "bad": '{"ranking": [4, 1, 2]}'}
+    engine = ScriptedEngine(lambda request, attempt: answers["bad" if "Bad" in str(request.messages) else "good"])
+    texts = {"a": "Alpha", "b": "Bravo", "c": "Charlie", "x": "Bad item"}
+    run = lambda: rerank_users(  # noqa: E731
+        engine, ["u1", "u2"], {"u1": [("a", 5.0)], "u2": []}, {"u1": ["a", "b", "c"], "u2": ["x", "b", "c"]},
+        texts, ResultCache(tmp_path), max_tokens=50, max_attempts=2,
+    )  # fmt: skip
+    res = run()
+    shown = shown_order("u1", 3)
+    # "3, 1, 3": shown positions 3 then 1, the repeat dropped, then the rest in first-stage order
+    rest = [c for c in range(3) if c not in (shown[2], shown[0])]
+    assert res.ranking["u1"] == [shown[2], shown[0], *rest]
+    assert res.ranking["u2"] == [0, 1, 2] and res.counts["failed"] == 1 and res.counts["ok"] == 1
+    assert res.failures == {"a ranking entry is not a candidate number": 1}
+    assert sum(1 for r in engine.requests if "Bad" in str(r.messages)) == 2  # bounded retries
+    assert len(set(shown_order("u1", 20))) == 20 and shown_order("u1", 20) == shown_order("u1", 20)
+    again = run()  # the valid answer comes from the cache, with its measured latency; the failed one is redone
+    assert again.counts["cached"] == 1 and again.ranking == res.ranking
+    assert again.latency_ms["u1"] == pytest.approx(res.latency_ms["u1"])
+    assert json.loads(ResultCache(tmp_path).load().popitem()[1]["payload"])

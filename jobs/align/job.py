@@ -98,10 +98,7 @@ def run(
     tmp = store.begin(fp)
     manifest = Manifest.start(STAGE, fp, cfg.hash(), scfg, inputs, **info)
     try:
-        (tmp / "labels").mkdir()
-        table = pa.Table.from_pylist(labels, schema=schemas.LABELS.arrow())
-        pq.write_table(table, tmp / "labels" / "part-0.parquet")
-        manifest.tables["labels"] = {"rows": schemas.validate_parquet(tmp / "labels", schemas.LABELS)}
+        manifest.add_table(tmp, pa.Table.from_pylist(labels, schema=schemas.LABELS.arrow()), schemas.LABELS)
         manifest.counts = {**counts, "spent_this_run": spent}
         manifest.timings_s = timer.timings
         manifest.write(tmp)

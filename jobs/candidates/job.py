@@ -90,8 +90,7 @@ def run(cfg: Config, *, force: bool = False, progress: bool = True) -> Candidate
     with timer("load"):
         data = load_interactions(prepared)
     manifest = Manifest.start(STAGE, fp, cfg.hash(), scfg, inputs)
-    tmp = store.begin(fp)
-    try:
+    with store.building(fp) as tmp:
         tables, report = [], {}
         for name in cfg.candidates.generators:
             with timer(name):
@@ -101,9 +100,7 @@ def run(cfg: Config, *, force: bool = False, progress: bool = True) -> Candidate
             report[name] = {"params": gen.params, "tried": tried, "test_full_ranking": test}
         shutil.rmtree(tmp / "ray", ignore_errors=True)
         table = pa.concat_tables(tables)
-        (tmp / "candidates").mkdir()
-        pq.write_table(table, tmp / "candidates" / "part-0.parquet")
-        manifest.tables["candidates"] = {"rows": schemas.validate_parquet(tmp / "candidates", schemas.CANDIDATES)}
+        manifest.add_table(tmp, table, schemas.CANDIDATES)
         manifest.counts = {
             "users": data.n_users, "items": data.n_items, "train_interactions": data.nnz, "generators": report,
             "hit_rate": hit_rates(table),
@@ -111,9 +108,6 @@ def run(cfg: Config, *, force: bool = False, progress: bool = True) -> Candidate
         manifest.timings_s = timer.timings
         manifest.write(tmp)
         folder = store.publish(tmp, fp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return CandidatesResult(folder, manifest, skipped=False)
 
 

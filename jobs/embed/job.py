@@ -90,9 +90,7 @@ def run(cfg: Config, *, force: bool = False, progress: bool = True) -> EmbedResu
             for name, table in tables.items():
                 rows = pa.array([row_of[k] for k in keys[name]], pa.int64())
                 out = table.append_column("vector", vectors["vector"].take(rows))
-                (tmp / name).mkdir()
-                pq.write_table(out, tmp / name / "part-0.parquet")
-                manifest.tables[name] = {"rows": schemas.validate_parquet(tmp / name, schemas.TABLES[name])}
+                manifest.add_table(tmp, out, schemas.TABLES[name])
             dim = len(vectors["vector"][0]) if len(vectors) else 0
             manifest.counts = {
                 "texts": sum(len(k) for k in keys.values()),

@@ -14,7 +14,6 @@ logged to MLflow.
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +28,7 @@ from persona4rec.config import Config
 from persona4rec.encoder.profile import profiles
 from persona4rec.errors import StageUnavailable
 from persona4rec.evaluation import metrics as M
+from persona4rec.evaluation.llm_listwise import PROMPT_VERSION as LISTWISE_PROMPT
 from persona4rec.evaluation.rerankers import Lists, PersonaScorer, first_stage, popularity
 from persona4rec.jobs.candidates import job as candidates_job
 from persona4rec.jobs.prepare import job as prepare_job
@@ -90,6 +90,7 @@ def stage_config(cfg: Config, encoder: dict[str, str] | None) -> dict[str, Any]:
         doc["listwise_llm"] = listwise_llm(cfg).model_dump(
             mode="json", include={"engine", "model", "temperature", "seed"}
         )
+        doc["listwise_prompt"] = LISTWISE_PROMPT
     return doc
 
 
@@ -176,16 +177,13 @@ def run(cfg: Config, *, force: bool = False, progress: bool = True, engine: Any 
             _lists(cand, llm_gen, "test"), cfg.evaluate.latency_users, rng_seed
         )
 
-    tmp = store.begin(fp)
     manifest = Manifest.start(STAGE, fp, cfg.hash(), scfg, inputs)
-    try:
-        (tmp / "eval_metrics").mkdir()
-        pq.write_table(pa.Table.from_pylist(ev.rows, schema=schemas.EVAL_METRICS.arrow()),
-                       tmp / "eval_metrics" / "part-0.parquet")  # fmt: skip
-        manifest.tables["eval_metrics"] = {"rows": schemas.validate_parquet(tmp / "eval_metrics", schemas.EVAL_METRICS)}
+    with store.building(fp) as tmp:
+        manifest.add_table(
+            tmp, pa.Table.from_pylist(ev.rows, schema=schemas.EVAL_METRICS.arrow()), schemas.EVAL_METRICS
+        )
         manifest.counts = {"generators": ev.counts, "fusion": ev.fusion, "llm": ev.llm, "encoder": ref,
                            "latency_ms": {k: _summary(v) for k, v in ev.latency_ms.items()}}  # fmt: skip
-        manifest.timings_s = timer.timings
         from persona4rec.evaluation.report import write_report
 
         with timer("report"):
@@ -193,9 +191,6 @@ def run(cfg: Config, *, force: bool = False, progress: bool = True, engine: Any 
         manifest.timings_s = timer.timings
         manifest.write(tmp)
         folder = store.publish(tmp, fp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     if cfg.evaluate.log_to_mlflow:
         from persona4rec.infra import mlflow as registry
 

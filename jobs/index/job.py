@@ -123,10 +123,8 @@ def run(cfg: Config, *, force: bool = False, progress: bool = True) -> IndexResu
         manifest = Manifest.start(STAGE, fp, cfg.hash(), scfg, inputs, milvus_uri=cfg.milvus_uri)
         built = False
         try:
-            for tname, tbl in (("user_profiles", users), ("item_popularity", popularity)):
-                (tmp / tname).mkdir()
-                pq.write_table(tbl, tmp / tname / "part-0.parquet")
-                manifest.tables[tname] = {"rows": schemas.validate_parquet(tmp / tname, schemas.TABLES[tname])}
+            manifest.add_table(tmp, users, schemas.USER_PROFILES)
+            manifest.add_table(tmp, popularity, schemas.ITEM_POPULARITY)
             with timer("build"):
                 checked = build_version(client, name, table, cfg.index, meta, progress=progress)
             built = True

@@ -93,9 +93,7 @@ def run(
         with timer("write"):
             for name, rows in tables.items():
                 schema = getattr(schemas, name.upper())
-                (tmp / name).mkdir()
-                pq.write_table(pa.Table.from_pylist(rows, schema=schema.arrow()), tmp / name / "part-0.parquet")
-                manifest.tables[name] = {"rows": schemas.validate_parquet(tmp / name, schema)}
+                manifest.add_table(tmp, pa.Table.from_pylist(rows, schema=schema.arrow()), schema)
         manifest.counts = {**counts, "spent_this_run": {k: dict(v) for k, v in ledger.spent.items()}}
         manifest.timings_s = timer.timings
         manifest.write(tmp)
