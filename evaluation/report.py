@@ -57,7 +57,11 @@ def write_report(folder: Path, ev: Any, cfg: Any, manifest: Any, found: dict[str
         if gen in ev.fusion:
             f = ev.fusion[gen]
             grid = ", ".join(f"w={w}: {v:.4f}" for w, v in f["valid_ndcg@10"].items())
-            lines += ["", f"persona_fused: weight {f['weight']:g}, tuned on validation NDCG@10 ({grid})."]
+            lines += [
+                "",
+                f"persona_fused: weight {f['weight']:g}, tuned on validation NDCG@10 over the users whose item "
+                f"was generated ({grid}).",
+            ]
         lines.append("")
     lines += _llm_section(ev, rows, e.alpha)
     lines += ["## Plots", ""] + [f"![{p}](plots/{p})" for p in PLOTS] + [""]
