@@ -152,3 +152,15 @@ def test_listwise_answers_map_back_through_the_shown_order_and_bad_ones_are_boun
     assert again.counts["cached"] == 1 and again.ranking == res.ranking
     assert again.latency_ms["u1"] == pytest.approx(res.latency_ms["u1"])
     assert json.loads(ResultCache(tmp_path).load().popitem()[1]["payload"])
+
+
+def test_a_listwise_generator_that_is_not_evaluated_is_refused_up_front(evaluated, mi_pipeline):
+    from persona4rec.errors import StageUnavailable
+
+    cfg, _, result = evaluated
+    config, _ = mi_pipeline
+    bad = config(*GRID, f"index.encoder_version={result.manifest.counts['encoder']['version']}",
+                 "evaluate.listwise.users=4", "evaluate.bootstrap=200", "evaluate.permutations=500",
+                 "evaluate.generators=[bpr]", "evaluate.listwise.generator=lightgcn")  # fmt: skip
+    with pytest.raises(StageUnavailable, match="listwise.generator 'lightgcn' is not among the evaluated"):
+        evaluate_job.run(bad, progress=False)

@@ -31,7 +31,7 @@ CandidatesResult = StageResult
 
 
 def stage_config(cfg: Config) -> dict[str, Any]:
-    return cfg.candidates.model_dump(mode="json", exclude={"num_workers"})
+    return cfg.candidates.model_dump(mode="json")  # num_workers too: data-parallel training learns other weights
 
 
 def _inputs(cfg: Config):

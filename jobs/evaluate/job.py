@@ -32,7 +32,7 @@ from persona4rec.evaluation.llm_listwise import PROMPT_VERSION as LISTWISE_PROMP
 from persona4rec.evaluation.rerankers import Lists, PersonaScorer, first_stage, popularity
 from persona4rec.jobs.candidates import job as candidates_job
 from persona4rec.jobs.prepare import job as prepare_job
-from persona4rec.scoring import PersonaTable, tune_fusion
+from persona4rec.scoring import PersonaTable, fuse, tune_fusion
 from persona4rec.texts import TEXTS_VERSION
 
 STAGE = "evaluate"
@@ -132,9 +132,12 @@ def run(cfg: Config, *, force: bool = False, progress: bool = True, engine: Any 
     missing = [g for g in generators if g not in made]
     if missing:
         raise StageUnavailable(f"evaluate.generators {missing}: `p4r candidates` made only {made}")
+    llm_gen = cfg.evaluate.listwise.generator or generators[-1]
+    if _runs_listwise(cfg) and llm_gen not in generators:
+        raise StageUnavailable(f"evaluate.listwise.generator {llm_gen!r} is not among the evaluated {generators}")
     user_count, item_count, train_pop = _counts(inter)
 
-    scorers: dict[str, PersonaScorer] = {}
+    scorers: dict[str, _Scorer] = {}
     if _needs_personas(cfg):
         with timer("personas"):
             scorers = persona_scorers(cfg, found, ref, progress)
@@ -145,6 +148,10 @@ def run(cfg: Config, *, force: bool = False, progress: bool = True, engine: Any 
             test = _lists(cand, gen, "test")
             valid = _lists(cand, gen, "valid")
             scored: dict[str, np.ndarray] = {}
+            persona_test = None  # the persona scores of the test lists, shared by persona and persona_fused
+            if "persona" in scorers:
+                s = scorers["persona"]
+                persona_test = PersonaScorer(s.table, s.profiles_test).persona_scores(test)
             for name in cfg.evaluate.rerankers:
                 if name == "first_stage":
                     scored[name] = first_stage(test)
@@ -154,7 +161,9 @@ def run(cfg: Config, *, force: bool = False, progress: bool = True, engine: Any 
                     scorer = scorers["persona"]
                     weight, grid = _tune(scorer, valid, cfg)
                     ev.fusion[gen] = {"weight": weight, "valid_ndcg@10": grid}
-                    scored[name] = PersonaScorer(scorer.table, scorer.profiles_test, weight)(test)
+                    scored[name] = fuse(persona_test, np.where(test.valid, test.first_stage, -np.inf), weight)
+                elif name == "persona":
+                    scored[name] = persona_test
                 elif name in scorers:
                     s = scorers[name]
                     scored[name] = PersonaScorer(s.table, s.profiles_test)(test)
@@ -166,7 +175,6 @@ def run(cfg: Config, *, force: bool = False, progress: bool = True, engine: Any 
                 "target_in_candidates": int((test.target_col >= 0).sum()),
                 "segments": {k: int(v.sum()) for k, v in masks.items()},
             }
-    llm_gen = cfg.evaluate.listwise.generator or generators[-1]
     if _runs_listwise(cfg):
         with timer("llm_listwise"):
             ev.rows += llm_rows(cfg, found, llm_gen, _lists(cand, llm_gen, "test"), scorers, train_pop, ev, engine,
