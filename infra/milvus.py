@@ -21,6 +21,7 @@ import pyarrow as pa
 
 from persona4rec.config import Config, IndexConfig
 from persona4rec.errors import Persona4RecError, StageUnavailable
+from persona4rec.infra.secrets import milvus_token
 
 try:
     from pymilvus import DataType, MilvusClient
@@ -60,9 +61,9 @@ class VersionInfo:
 
 
 def connect(cfg: Config) -> MilvusClient:
-    """A client on ``index.uri`` (a Milvus Lite folder by default; token from ``index.token_env``)."""
+    """A client on ``index.uri`` (a Milvus Lite folder by default; token from ``index.token_env`` or a file)."""
     uri = cfg.milvus_uri
-    token = os.environ.get(cfg.index.token_env, "") if cfg.index.token_env else ""
+    token = milvus_token(cfg)
     if is_lite(uri):
         os.makedirs(os.path.dirname(os.path.abspath(uri)) or ".", exist_ok=True)
     try:

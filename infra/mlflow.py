@@ -17,6 +17,7 @@ from typing import Any
 
 from persona4rec.config import Config
 from persona4rec.errors import StageUnavailable
+from persona4rec.infra.secrets import apply_mlflow_credentials
 
 try:
     import mlflow
@@ -51,6 +52,7 @@ class ModelRef:
 def client(cfg: Config) -> MlflowClient:
     """A client on the configured store, with the experiment created (artifacts beside a SQLite store)."""
     uri = cfg.tracking_uri
+    apply_mlflow_credentials(cfg)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     c = MlflowClient(uri, uri)

@@ -19,19 +19,10 @@ import persona4rec
 from persona4rec.config import LoadedConfig, dataset_names, load_config
 from persona4rec.errors import Persona4RecError, StageUnavailable
 
-#: Stages in pipeline order. ``None``: not built yet (the issue that brings it).
-PIPELINE: tuple[tuple[str, str | None], ...] = (
-    ("prepare", None),
-    ("reason", None),
-    ("align", None),
-    ("embed", None),
-    ("train", None),
-    ("promote", None),
-    ("index", None),
-    ("candidates", None),
-    ("evaluate", None),
-)
-AVAILABLE = tuple(name for name, pending in PIPELINE if pending is None)
+#: Stages in pipeline order.
+PIPELINE: tuple[str, ...] = (
+    "prepare", "reason", "align", "embed", "train", "promote", "index", "candidates", "evaluate",
+)  # fmt: skip
 
 
 class P4RGroup(click.Group):
@@ -112,14 +103,25 @@ def main() -> None:
 @config_options
 @click.option("--force", is_flag=True, help="Rebuild every stage even when its output is up to date.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
-def run(loaded: LoadedConfig, force: bool, quiet: bool) -> None:
-    """Run the whole pipeline: every available stage, in order, skipping up-to-date ones."""
-    for name, pending in PIPELINE:
-        if pending is not None:
-            remaining = [n for n, p in PIPELINE if p is not None]
-            click.echo(f"p4r run: stopping after {', '.join(AVAILABLE)}; not yet available: {', '.join(remaining)}")
-            return
+@click.option("--from", "first", type=click.Choice(PIPELINE), help="Start at this stage (its inputs must exist).")
+@click.option("--until", "last", type=click.Choice(PIPELINE), help="Stop after this stage.")
+def run(loaded: LoadedConfig, force: bool, quiet: bool, first: str | None, last: str | None) -> None:
+    """Run the pipeline: every stage in order (or --from/--until), skipping up-to-date ones.
+
+    \b
+    Example:
+      p4r run -c conf/experiments/offline-cpu.yaml --until reason
+    """
+    for name in _stages(first, last):
         STAGES[name](loaded, force=force, quiet=quiet)
+
+
+def _stages(first: str | None, last: str | None) -> tuple[str, ...]:
+    start = PIPELINE.index(first) if first else 0
+    stop = PIPELINE.index(last) + 1 if last else len(PIPELINE)
+    if start >= stop:
+        raise click.UsageError(f"--from {first} comes after --until {last} in the pipeline")
+    return PIPELINE[start:stop]
 
 
 # ----------------------------------------------------------------------------------------- prepare
@@ -526,19 +528,6 @@ STAGES: dict[str, Callable[..., None]] = {
 }
 
 
-def _not_yet(name: str, pending: str) -> None:
-    @main.command(
-        name=name,
-        context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
-        help=f"Not yet available: arrives with {pending}.",
-    )
-    def _command() -> None:
-        raise StageUnavailable(f"`p4r {name}` is not yet available: it arrives with {pending}.")
-
-
-for _name, _pending in PIPELINE:
-    if _pending is not None:
-        _not_yet(_name, _pending)
 # ------------------------------------------------------------------------------------------- serve
 
 
@@ -567,7 +556,172 @@ def serve(loaded: LoadedConfig, host: str | None, port: int | None) -> None:
     uvicorn.run(app, host=host or cfg.serve.host, port=port or cfg.serve.port, log_level="warning")
 
 
-_not_yet("submit", "issue #7 (cluster job submission)")
+# ------------------------------------------------------------------------------------ submit, jobs
+
+
+@main.command()
+@click.argument("stage", type=click.Choice(["run", *PIPELINE]), metavar="STAGE|run")
+@config_options
+@click.option("--address", metavar="URL", help="The cluster's job API, http://<head>:8265 (default: submit.address).")
+@click.option("--follow/--no-follow", default=True, show_default=True, help="Stream the job's logs until it ends.")
+@click.option("--force", is_flag=True, help="Pass --force to the stage: rebuild even when up to date.")
+@click.option("--from", "first", type=click.Choice(PIPELINE), help="With `run`: start at this stage.")
+@click.option("--until", "last", type=click.Choice(PIPELINE), help="With `run`: stop after this stage.")
+@click.option("--dry-run", is_flag=True, help="Print the job (entrypoint, runtime environment) and send nothing.")
+def submit(
+    loaded: LoadedConfig,
+    stage: str,
+    address: str | None,
+    follow: bool,
+    force: bool,
+    first: str | None,
+    last: str | None,
+    dry_run: bool,
+) -> None:
+    """Run a stage, or the whole pipeline, as a job on a Ray cluster (Ray's Job Submission API).
+
+    \b
+    The configuration is validated here. The job's working directory carries the effective configuration
+    (every key; ray.address=auto, so the job joins the cluster's Ray); this installation's persona4rec
+    code travels with it (submit.ship_code) over the dependencies the cluster's image provides. The job
+    id is printed, then its logs stream until it ends (Ctrl-C detaches; the job goes on). Exit status:
+    0 when the job succeeded, 1 when it failed or was stopped.
+    paths.artifacts and data.local_dir must be absolute paths every node sees; Spark runs on
+    spark.master (a cluster master such as spark://host:7077, or local inside the job). Secrets never
+    travel: the cluster's environment or files hold them (mlflow.credentials_file, index.token_env,
+    index.token_file); see docs/operations.md.
+    Examples:
+      p4r submit run --address http://head:8265 -c conf/experiments/cluster.yaml paths.artifacts=/shared/p4r
+      p4r submit reason --no-follow submit.address=http://head:8265 paths.artifacts=/shared/p4r
+      p4r jobs logs p4r-reason-20261126-101500-a1b2c3 --follow
+    """
+    from persona4rec.infra import ray_jobs
+    from persona4rec.infra.secrets import ray_token
+
+    if (first or last) and stage != "run":
+        raise click.UsageError("--from/--until go with `p4r submit run`")
+    cfg = loaded.config
+    stage_args = ["-q", *(["--force"] if force else [])]
+    stage_args += [*(["--from", first] if first else []), *(["--until", last] if last else [])]
+    sub = ray_jobs.prepare(cfg, stage, stage_args)
+    try:
+        if dry_run:
+            job = {"submission_id": sub.submission_id, "entrypoint": sub.entrypoint}
+            click.echo(json.dumps({**job, "runtime_env": sub.runtime_env, "metadata": sub.metadata}, indent=2))
+            return
+        jobs = ray_jobs.client(address or cfg.submit.address, ray_token(cfg))
+        for note in sub.notes:
+            click.echo(f"note: {note}", err=True)
+        job_id = ray_jobs.submit(jobs, sub, cfg)
+    finally:
+        sub.cleanup()
+    click.echo(f"submitted {job_id}")
+    if not follow:
+        click.echo(f"  p4r jobs status {job_id}   p4r jobs logs {job_id} --follow   p4r jobs stop {job_id}")
+        return
+    _follow_job(jobs, job_id)
+
+
+def _follow_job(jobs: Any, job_id: str) -> None:
+    from persona4rec.infra import ray_jobs
+
+    try:
+        status = ray_jobs.follow(jobs, job_id, lambda text: click.echo(text, nl=False))
+    except KeyboardInterrupt:
+        click.echo(f"\ndetached; {job_id} goes on (p4r jobs logs {job_id} --follow, p4r jobs stop {job_id})")
+        sys.exit(130)
+    info = ray_jobs.describe(jobs.get_job_info(job_id))
+    click.echo(f"{job_id}: {status}" + (f" ({info['message']})" if info["message"] else ""))
+    if status != "SUCCEEDED":
+        sys.exit(1)
+
+
+@main.group()
+def jobs() -> None:
+    """Jobs on a Ray cluster: list, status, logs, stop (the address as for `p4r submit`).
+
+    \b
+    Examples:
+      p4r jobs list --address http://head:8265
+      p4r jobs logs p4r-run-20261126-101500-a1b2c3 --follow -c conf/experiments/cluster.yaml
+    """
+
+
+def _job_command(func: Callable[..., Any]) -> Callable[..., Any]:
+    """A `p4r jobs` subcommand: --address, or submit.address from the usual configuration arguments."""
+
+    @config_options
+    @click.option("--address", metavar="URL", help="The cluster's job API (default: submit.address).")
+    @functools.wraps(func)
+    def wrapper(loaded: LoadedConfig, address: str | None, **kwargs: Any) -> Any:
+        from persona4rec.infra import ray_jobs
+        from persona4rec.infra.secrets import ray_token
+
+        cfg = loaded.config
+        return func(jobs=ray_jobs.client(address or cfg.submit.address, ray_token(cfg)), **kwargs)
+
+    return wrapper
+
+
+@jobs.command("list")
+@_job_command
+def jobs_list(jobs: Any) -> None:
+    """Every job the cluster knows, newest first."""
+    from persona4rec.infra import ray_jobs
+
+    rows = sorted((ray_jobs.describe(j) for j in jobs.list_jobs()), key=lambda r: r["start"] or "", reverse=True)
+    if not rows:
+        click.echo("no jobs")
+    for r in rows:
+        stage = r["metadata"].get("p4r_stage", "-")
+        click.echo(f"{r['id']:<44} {r['status']:<10} {stage:<11} {r['start'] or '':<20} {r['end'] or ''}")
+
+
+@jobs.command("status")
+@click.argument("job_id")
+@_job_command
+def jobs_status(jobs: Any, job_id: str) -> None:
+    """A job's status, message, times, entrypoint and metadata (JSON)."""
+    from persona4rec.infra import ray_jobs
+
+    click.echo(json.dumps(ray_jobs.describe(_job_info(jobs, job_id)), indent=2))
+
+
+@jobs.command("logs")
+@click.argument("job_id")
+@click.option("-f", "--follow", is_flag=True, help="Keep streaming until the job ends; exit 1 unless it succeeded.")
+@_job_command
+def jobs_logs(jobs: Any, job_id: str, follow: bool) -> None:
+    """A job's logs (driver stdout and stderr)."""
+    _job_info(jobs, job_id)
+    if follow:
+        _follow_job(jobs, job_id)
+    else:
+        click.echo(jobs.get_job_logs(job_id), nl=False)
+
+
+@jobs.command("stop")
+@click.argument("job_id")
+@click.option("--wait", "wait_s", type=float, default=30.0, show_default=True, help="Seconds to wait for it to end.")
+@_job_command
+def jobs_stop(jobs: Any, job_id: str, wait_s: float) -> None:
+    """Ask a job to stop, and wait for it to end."""
+    from persona4rec.infra import ray_jobs
+
+    _job_info(jobs, job_id)
+    if not jobs.stop_job(job_id):
+        click.echo(f"{job_id} had already ended: {jobs.get_job_status(job_id).value}")
+        return
+    click.echo(f"{job_id}: {ray_jobs.wait(jobs, job_id, timeout_s=wait_s)}")
+
+
+def _job_info(jobs: Any, job_id: str) -> Any:
+    from persona4rec.infra.ray_jobs import JobError
+
+    try:
+        return jobs.get_job_info(job_id)
+    except RuntimeError as exc:
+        raise JobError(f"no job {job_id} on this cluster ({exc})") from None
 
 
 @main.command()

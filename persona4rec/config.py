@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from persona4rec.errors import ConfigError
 
@@ -149,6 +150,70 @@ class RayConfig(_Section):
 
     address: str | None = Field(None, description="Ray cluster address (ray://host:10001 or 'auto'); null: local.")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the embedded local Ray (null: all).")
+
+
+#: The error type of a value refused because it holds a secret: its value is never shown back.
+SECRET_ERROR = "secret_in_value"
+#: Names that must never be passed as plain job variables (they are visible in the Ray dashboard).
+_SECRET_NAME = re.compile(r"TOKEN|PASSWORD|PASSWD|SECRET|CREDENTIAL|API_?KEY|ACCESS_?KEY", re.IGNORECASE)
+
+
+class SubmitConfig(_Section):
+    """`p4r submit`: a stage or the whole pipeline as a job on a Ray cluster (Ray's Job Submission API)."""
+
+    address: str | None = Field(
+        None, description="The cluster's job API: http://<head>:8265 (the dashboard port). Required to submit."
+    )
+    token_env: str | None = Field(
+        None, description="Environment variable holding the cluster's auth token (Ray token authentication)."
+    )
+    token_file: str | None = Field(
+        None, description="Or a file holding it; neither: Ray's own lookup (RAY_AUTH_TOKEN, ~/.ray/auth_token)."
+    )
+    python: str = Field("python", description="The cluster's Python that runs the job's entrypoint.")
+    ship_code: bool = Field(
+        True,
+        description="Ship this installation's persona4rec code with the job, so the cluster runs exactly this "
+        "version over its own installed dependencies; false: use the persona4rec the cluster has.",
+    )
+    pip: list[str] = Field(default_factory=list, description="Extra pip requirements installed for the job only.")
+    env_vars: dict[str, str] = Field(
+        default_factory=dict,
+        description="Variables set for the job. Never secrets (the dashboard shows them): those belong in the "
+        "cluster's own environment or files, named by mlflow.credentials_file and index.token_env/token_file.",
+    )
+    entrypoint_num_cpus: float = Field(0.0, ge=0, description="CPUs reserved for the job's driver process.")
+    entrypoint_num_gpus: float = Field(0.0, ge=0, description="GPUs reserved for the job's driver process.")
+
+    @field_validator("env_vars")
+    @classmethod
+    def _no_secrets(cls, env: dict[str, str]) -> dict[str, str]:
+        secret = sorted(name for name in env if _SECRET_NAME.search(name))
+        if secret:
+            raise PydanticCustomError(
+                SECRET_ERROR,
+                f"{', '.join(secret)}: secrets must not travel as job variables (the dashboard shows them); "
+                "provide them in the cluster's environment and name them with index.token_env, or in files "
+                "(mlflow.credentials_file, index.token_file)",
+            )
+        return env
+
+    @model_validator(mode="after")
+    def _one_token_source(self) -> SubmitConfig:
+        if self.token_env and self.token_file:
+            raise ValueError("submit.token_env and submit.token_file: set one of them, not both")
+        return self
+
+
+def _no_credentials_in_uri(uri: str | None, key: str) -> str | None:
+    """A URI with ``user:password@`` would put a secret into configs, manifests and logs: refuse it."""
+    if uri and "://" in uri and "@" in uri.split("://", 1)[1].split("/", 1)[0]:
+        raise PydanticCustomError(
+            SECRET_ERROR,
+            f"{key} carries credentials (user:password@host); give the bare address and put the credentials "
+            "in the environment or a file (see docs/operations.md)",
+        )
+    return uri
 
 
 # ------------------------------------------------------------------------------------------- llm
@@ -356,9 +421,19 @@ class MLflowConfig(_Section):
     tracking_uri: str | None = Field(
         None, description="null: a SQLite store at <paths.artifacts>/mlflow.db; else any MLflow tracking URI."
     )
+    credentials_file: str | None = Field(
+        None,
+        description="A tracking server's credentials, in MLflow's INI format ([mlflow] with mlflow_tracking_username "
+        "and mlflow_tracking_password, or mlflow_tracking_token); MLFLOW_TRACKING_* variables, if set, win.",
+    )
     experiment: str = "persona4rec"
     registered_model: str | None = Field(None, description="null: persona4rec-encoder-<dataset>.")
     champion_alias: str = "champion"
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _bare_uri(cls, uri: str | None) -> str | None:
+        return _no_credentials_in_uri(uri, "mlflow.tracking_uri")
 
 
 # ------------------------------------------------------------------------------------------- index, scoring, serving
@@ -375,8 +450,20 @@ class IndexConfig(_Section):
         ),
     )
     token_env: str | None = Field(None, description="Environment variable holding the Milvus token, if one is needed.")
+    token_file: str | None = Field(None, description="A file holding the Milvus token (e.g. a mounted secret).")
     alias: str | None = Field(None, description="null: p4r_<dataset>. Readers use it; it points at the live version.")
     encoder_version: str | None = Field(None, description="Registered encoder version to index with; null: champion.")
+
+    @field_validator("uri")
+    @classmethod
+    def _bare_uri(cls, uri: str | None) -> str | None:
+        return _no_credentials_in_uri(uri, "index.uri")
+
+    @model_validator(mode="after")
+    def _one_token_source(self) -> IndexConfig:
+        if self.token_env and self.token_file:
+            raise ValueError("index.token_env and index.token_file: set one of them, not both")
+        return self
 
     @field_validator("encoder_version", mode="before")
     @classmethod
@@ -566,6 +653,7 @@ class Config(_Section):
     spark: SparkConfig = SparkConfig()
     prepare: PrepareConfig = PrepareConfig()
     ray: RayConfig = RayConfig()
+    submit: SubmitConfig = SubmitConfig()
     llm: LLMConfig = LLMConfig()
     reason: ReasonConfig = ReasonConfig()
     align: AlignConfig = AlignConfig()
@@ -794,8 +882,11 @@ def _describe(exc: ValidationError, sources: Mapping[str, str]) -> str:
             msg = f"{dotted}: required key is missing"
         else:
             shown = err.get("input")
+            secret = err["type"] == SECRET_ERROR  # never echo a value that holds a secret
             msg = (
-                f"{dotted}: {err['msg']} (got {shown!r})" if not isinstance(shown, dict) else f"{dotted}: {err['msg']}"
+                f"{dotted}: {err['msg']} (got {shown!r})"
+                if not (isinstance(shown, dict) or secret)
+                else f"{dotted}: {err['msg']}"
             )
         problems.append(msg + (f" [set by {origin}]" if origin else ""))
     return "invalid configuration:\n  " + "\n  ".join(problems)

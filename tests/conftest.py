@@ -193,13 +193,13 @@ def _tail(path: Path, lines: int = 60) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def _stop_group(proc: subprocess.Popen) -> None:
-    """SIGTERM the process group started with ``proc``, SIGKILL it if it lingers."""
+def _stop_group(proc: subprocess.Popen, grace_s: float = 30) -> None:
+    """SIGTERM the process group started with ``proc``, SIGKILL it if it lingers past ``grace_s``."""
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(timeout=30)
+            proc.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)

@@ -41,10 +41,23 @@ def test_reason_help_teaches():
         assert needle in out
 
 
-def test_unbuilt_command_refuses_instead_of_pretending():
-    result = CliRunner().invoke(main, ["submit", "-d", "yelp"])
-    assert result.exit_code == 2
-    assert "not yet available" in result.output
+def test_submit_and_jobs_help_teach():
+    out = invoke("submit", "--help").output
+    for needle in ("Submission API", "absolute", "spark.master", "Secrets never", "--no-follow", "Examples"):
+        assert needle in out
+    out = invoke("jobs", "--help").output
+    for needle in ("list", "status", "logs", "stop"):
+        assert needle in out
+
+
+def test_run_from_until_picks_a_slice_of_the_pipeline(tmp_path: Path):
+    backwards = CliRunner().invoke(main, ["run", "--from", "index", "--until", "reason", f"paths.artifacts={tmp_path}"])
+    assert backwards.exit_code == 2 and "--from index comes after --until reason" in backwards.output
+    # --from a stage whose inputs were never built says which stage to run first, and builds nothing.
+    data = f"data.local_dir={MUSICAL_INSTRUMENTS}"
+    later = CliRunner().invoke(main, ["run", "--from", "candidates", f"paths.artifacts={tmp_path}", data])
+    assert later.exit_code == 2 and "p4r prepare" in later.output
+    assert not (tmp_path / "amazon2014-musical-instruments" / "prepare").exists()
 
 
 def test_evaluate_help_teaches():

@@ -122,7 +122,12 @@ def run(cfg: Config, *, force: bool = False, progress: bool = True) -> TrainResu
                 history=result.history,
                 metrics=result.metrics,
             )
-        manifest.counts["mlflow"] = {"model": ref.name, "version": ref.version, "run_id": ref.run_id}
+        manifest.counts["mlflow"] = {
+            "model": ref.name,
+            "version": ref.version,
+            "run_id": ref.run_id,
+            "tracking_uri": cfg.tracking_uri,
+        }
         manifest.timings_s = timer.timings
         manifest.write(tmp)
     except BaseException:
