@@ -307,6 +307,11 @@ class ReasonConfig(_Section):
     max_tokens: int = Field(1200, ge=64, description="Answer budget of a persona call.")
     max_attempts: int = Field(3, ge=1, description="Tries per item before it is recorded as failed.")
     limit_items: int | None = Field(None, ge=1, description="Reason over the first N items only (demos, smoke runs).")
+    seed_caches: list[str] = Field(
+        default_factory=list,
+        description="Read-only result caches consulted before any LLM call: folders of cache parts from other "
+        "runs (e.g. committed under benchmarks/). Answers are keyed by content, so only identical work is reused.",
+    )
     personas: PersonaLimits = PersonaLimits()
     dedup: DedupConfig = DedupConfig()
     actors: ActorPoolConfig = ActorPoolConfig()

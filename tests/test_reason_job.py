@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -190,6 +191,16 @@ def test_bad_answers_of_every_kind_end_in_the_status_table_and_manifest(mi_confi
     )
     retried = reason_job.run(cfg, engine=engine, embed=embed, retry_failed=True, progress=False)
     assert retried.manifest.counts["spent_this_run"]["personas"]["units"] == 4
+
+    # A committed cache seeds another run: the same answers, no LLM call, the same version.
+    seed = mi_config().artifacts_root.parent.parent / "committed-cache"
+    shutil.move(reason_job.cache_dir(cfg), seed)
+    seeded_cfg = mi_config(EMBEDDER, "reason.limit_items=5", "reason.max_attempts=2", f"reason.seed_caches=[{seed}]")
+    calls = len(engine.requests)
+    seeded = reason_job.run(seeded_cfg, engine=engine, embed=embed, force=True, progress=False)
+    assert seeded.manifest.counts["spent_this_run"] == {} and len(engine.requests) == calls
+    assert seeded.folder == retried.folder
+    pd.testing.assert_frame_equal(_tables(seeded)["personas"], _tables(retried)["personas"])
 
 
 def test_paper_mode_aspects_personas_and_judge_on_vllm(mi_config, vllm_engine, smollm2_paths, embed):

@@ -196,6 +196,25 @@ def test_cache_newest_row_wins_and_survives_compaction(tmp_path):
     assert len(cache.parts()) == 1 and cache.load()["k1"]["status"] == "ok"
 
 
+def test_seed_caches_are_read_first_and_never_written(tmp_path):
+    seed = ResultCache(tmp_path / "seed")
+    row = {"key": "k1", "subject": "I1", "status": "ok", "payload": "{\"from\": \"seed\"}", "error": None,
+           "attempts": 1, "calls": 1, "prompt_tokens": 1, "completion_tokens": 1, "seconds": 0.1, "model": "m",
+           "engine": "e"}  # fmt: skip
+    seed.append([row, {**row, "key": "k2"}])
+    seeded = sorted((tmp_path / "seed").iterdir())
+    cache = ResultCache(tmp_path / "own", seeds=[tmp_path / "seed"])
+    assert set(cache.load()) == {"k1", "k2"}
+    cache.append([{**row, "payload": '{"from": "own"}'}])  # this run's own answer wins over the seed's
+    cache.append([{**row, "key": "k3"}])
+    assert cache.load()["k1"]["payload"] == '{"from": "own"}' and set(cache.load()) == {"k1", "k2", "k3"}
+    cache.compact(min_parts=2)  # folds only its own parts: the seed's rows are not copied in
+    assert len(cache.parts()) == 1 and set(ResultCache(tmp_path / "own").load()) == {"k1", "k3"}
+    assert sorted((tmp_path / "seed").iterdir()) == seeded
+    with pytest.raises(ConfigError, match="not a folder"):
+        ResultCache(tmp_path / "own", seeds=[tmp_path / "missing"])
+
+
 # -------------------------------------------------------------------------------------------- retries
 
 

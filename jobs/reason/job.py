@@ -41,8 +41,9 @@ ReasonResult = StageResult  # this stage's published version
 
 
 def stage_config(cfg: Config) -> dict[str, Any]:
-    """What determines reason's output: the reasoning settings and the model (not pool sizing or addresses)."""
-    reason = cfg.reason.model_dump(mode="json", exclude={"actors"})
+    """What determines reason's output: the reasoning settings and the model (not pool sizing, addresses or
+    seed caches, which only save work: answers are keyed by content)."""
+    reason = cfg.reason.model_dump(mode="json", exclude={"actors", "seed_caches"})
     llm = cfg.llm.model_dump(mode="json", include={"engine", "model", "temperature", "seed", "max_model_len"})
     return {"reason": reason, "llm": llm}
 
@@ -74,7 +75,8 @@ def run(
         return reused
 
     prompts = load_prompts(cfg.reason.prompts)
-    ledger = Ledger(ResultCache(cache_dir(cfg)), retry_failed)
+    seeds = [Path(folder).expanduser() for folder in cfg.reason.seed_caches]
+    ledger = Ledger(ResultCache(cache_dir(cfg), seeds=seeds), retry_failed)
     work = LLMWork(cfg, ledger, pool_factory(cfg, engine, embed), progress)
     timer = Timer()
     try:

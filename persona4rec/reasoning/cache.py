@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from persona4rec.config import stable_hash
+from persona4rec.errors import ConfigError
 
 RESULT_SCHEMA = pa.schema(
     [
@@ -52,21 +53,33 @@ class ResultCache:
     """Append-only Parquet parts under ``folder``; the newest row of a key wins.
 
     ``schema`` must have a ``key`` column; LLM results use :data:`RESULT_SCHEMA`, vectors their own.
+    ``seeds`` are read-only folders of parts from other runs (a committed cache), read before this one's
+    own parts, so this cache's rows win; nothing is ever written to them.
     """
 
-    def __init__(self, folder: Path, schema: pa.Schema = RESULT_SCHEMA) -> None:
+    def __init__(self, folder: Path, schema: pa.Schema = RESULT_SCHEMA, seeds: Sequence[Path] = ()) -> None:
         self.folder = folder
         self.schema = schema
+        self.seeds = tuple(seeds)
+        for seed in self.seeds:
+            if not seed.is_dir():
+                raise ConfigError(f"seed cache {seed} is not a folder")
         folder.mkdir(parents=True, exist_ok=True)
         for stale in folder.glob(".tmp-*"):
             stale.unlink(missing_ok=True)
 
     def parts(self) -> list[Path]:
+        """This cache's own parts (not the seeds')."""
         return sorted(self.folder.glob("part-*.parquet"))
 
     def load(self) -> dict[str, dict[str, Any]]:
+        """Every known row by key: the seeds' first, then this cache's own."""
+        seeded = [part for seed in self.seeds for part in sorted(seed.glob("part-*.parquet"))]
+        return self._rows(seeded + self.parts())
+
+    def _rows(self, parts: list[Path]) -> dict[str, dict[str, Any]]:
         rows: dict[str, dict[str, Any]] = {}
-        for part in self.parts():
+        for part in parts:
             for row in pq.read_table(part, schema=self.schema).to_pylist():
                 rows[row["key"]] = row
         return rows
@@ -100,7 +113,7 @@ class ResultCache:
         parts = self.parts()
         if len(parts) < min_parts:
             return
-        rows = self.load()
+        rows = self._rows(parts)
         merged = self.append(rows.values())
         for part in parts:
             if part != merged:
