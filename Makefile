@@ -20,11 +20,12 @@ ARGS     ?=
 P4R      := $(VENV)/bin/p4r
 comma    := ,
 
-.PHONY: help install models test-models run serve test lint bench bench-reason bench-train bench-serve bench-cf clean
+.PHONY: help install models test-models run serve ui-screenshots test lint bench bench-reason bench-train bench-serve bench-cf clean
 
 help:
 	@sed -n '1,4p' Makefile | sed 's/^# \{0,1\}//'
 	@echo "  make serve  the HTTP service on the index \`make run\` built (p4r serve; port 8000)"
+	@echo "  make ui-screenshots  docs/ui-*.png of the persona explorer (/ui) on that index, and its page timings"
 	@echo "  make lint   ruff over the code"
 	@echo "  make models        local copies of the LLMs the tests and \`make run\` use (no hub on this machine)"
 	@echo "  make bench         benchmarks/prepare.py: prepare throughput up to 5M reviews (a table; ~10 minutes)"
@@ -60,6 +61,9 @@ run: models
 
 serve: install
 	$(P4R) serve -d $(DATASET) $(if $(RUN_CONFIG),-c $(RUN_CONFIG)) $(ARGS)
+
+ui-screenshots: install
+	$(VENV)/bin/python scripts/ui_screenshots.py --out docs -d $(DATASET) $(if $(RUN_CONFIG),-c $(RUN_CONFIG)) $(ARGS)
 
 # pytest exits 5 when it collects no test: that is a broken suite here, reported as such.
 test: install test-models

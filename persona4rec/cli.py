@@ -540,7 +540,8 @@ def serve(loaded: LoadedConfig, host: str | None, port: int | None) -> None:
 
     \b
     POST /rerank {"user_id", "candidates", "first_stage_scores"?}, POST /recommend {"user_id", "k"},
-    GET /items/{id}/personas, /health, /ready, /metrics (Prometheus), /docs (OpenAPI).
+    GET /items/{id}/personas, /health, /ready, /metrics (Prometheus), /docs (OpenAPI), and /ui: the persona
+    explorer (items with their personas and evidence, users with explained recommendations, the index).
     A moved alias is loaded in the background and swapped in (checked every serve.reload_interval_s).
     Milvus Lite serves one process: to rebuild the index while serving, run `milvus-lite server` and set
     index.uri to it for both.
@@ -553,7 +554,9 @@ def serve(loaded: LoadedConfig, host: str | None, port: int | None) -> None:
         raise StageUnavailable("the service needs FastAPI and uvicorn: pip install 'persona4rec[serve]'") from None
     cfg = loaded.config
     app, _ = build(cfg)
-    uvicorn.run(app, host=host or cfg.serve.host, port=port or cfg.serve.port, log_level="warning")
+    host, port = host or cfg.serve.host, port or cfg.serve.port
+    click.echo(f"p4r serve: API http://{host}:{port}/docs, persona explorer http://{host}:{port}/ui", err=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
 # ------------------------------------------------------------------------------------ submit, jobs

@@ -7,8 +7,9 @@
 #   scripts/install.sh --python python3.11 --venv /opt/p4r
 #
 # CPU torch is installed first, on its own, whenever an extra needs torch: a package that asks for torch
-# later then finds it satisfied instead of pulling a multi-GB CUDA build. Spark needs a Java 17+ runtime;
-# it is installed with apt when missing and this runs as root.
+# later then finds it satisfied instead of pulling a multi-GB CUDA build. Spark needs a Java 17+ runtime,
+# and the dev extra's browser tests (tests/test_ui.py) need Chromium; each is installed with apt when
+# missing and this runs as root (without root, a missing Chromium is only a warning).
 set -euo pipefail
 
 extras="spark,dev"
@@ -38,17 +39,33 @@ if [[ ",$extras," == *",spark,"* || ",$extras," == *",cpu,"* ]] && ! java -versi
   fi
 fi
 
+if [[ ",$extras," == *",dev,"* ]] && ! command -v chromium >/dev/null; then
+  if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+    echo "install.sh: installing Chromium for the browser tests"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "install.sh: warning: tests/test_ui.py fails until Chromium is installed (apt-get install chromium)" >&2
+  fi
+fi
+
 [[ -x "$venv/bin/python" ]] || "$python" -m venv "$venv"
 pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check -c requirements/constraints.txt)
 if [[ ",$extras," =~ ,(cpu|embed|llm-cpu), ]]; then
   "${pip[@]}" torch==2.13.0
 fi
 if [[ ",$extras," =~ ,(cpu|llm-cpu), ]]; then
-  # llama.cpp compiles from source. Built for the native CPU, ggml takes its AMX code path on CPUs that
-  # have AMX, and that path crashes (Illegal instruction) on the first request: build a portable AVX2
-  # binary instead, and never reuse a cached wheel that may have been built natively.
-  CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_BMI2=ON -DGGML_FMA=ON -DGGML_F16C=ON}" \
-    "${pip[@]}" --no-cache-dir "$(grep -i '^llama.cpp.python==' requirements/constraints.txt)"
+  # llama.cpp compiles from source (5-7 minutes). Built for the native CPU, ggml takes its AMX code path on
+  # CPUs that have AMX, and that path crashes (Illegal instruction) on the first request: build a portable
+  # AVX2 binary instead. The wheel is kept under a name made of the version and the build flags, so a later
+  # install with the same flags reuses it and a wheel built with other flags (pip's own cache) never is.
+  llama="$(grep -i '^llama.cpp.python==' requirements/constraints.txt)"
+  cmake_args="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_BMI2=ON -DGGML_FMA=ON -DGGML_F16C=ON}"
+  wheels="${XDG_CACHE_HOME:-$HOME/.cache}/persona4rec/wheels/$(printf '%s|%s' "$llama" "$cmake_args" | sha256sum | cut -c1-16)"
+  if ! compgen -G "$wheels/llama_cpp_python-*.whl" >/dev/null; then
+    CMAKE_ARGS="$cmake_args" "$venv/bin/python" -m pip wheel --quiet --disable-pip-version-check --no-deps \
+      --no-cache-dir -w "$wheels.tmp" "$llama" && mv "$wheels.tmp" "$wheels"
+  fi
+  "${pip[@]}" "$wheels"/llama_cpp_python-*.whl
 fi
 "${pip[@]}" -e ".[$extras]"
 if [[ ",$extras," =~ ,(cpu|llm-cpu), ]]; then

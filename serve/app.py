@@ -7,6 +7,7 @@
     GET  /ready                  an index version is loaded (503 with the reason until then)
     GET  /metrics                Prometheus: request latency histograms, requests and errors by route
     GET  /docs, /openapi.json    the schema
+    GET  /ui                     the persona explorer: items, users, index and evaluation (HTML, serve/ui.py)
 
 Bad input is a 4xx that says what is wrong (422 for an invalid body or unknown item ids, 404 for an
 unknown user when ``serve.unknown_user`` is ``error``); 503 while no index is loaded.
@@ -31,6 +32,7 @@ from persona4rec.config import Config
 from persona4rec.scoring import UnknownItems
 from persona4rec.serve.recommender import NotReady, Recommender, UnknownUser
 from persona4rec.serve.snapshot import Snapshot
+from persona4rec.serve.ui import router as explorer
 
 ID = Field(min_length=1, max_length=256)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -185,6 +187,8 @@ def create_app(cfg: Config, recommender: Recommender, *, manage_watcher: bool = 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.include_router(explorer(cfg, recommender))
 
     return app
 

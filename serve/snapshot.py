@@ -48,6 +48,7 @@ class Snapshot:
 def load(client: Any, collection: str) -> Snapshot:
     """Read a collection version and the user tables of the stage output it names."""
     meta = milvus.meta_of(client, collection)
+    client.load_collection(collection)  # Milvus Lite forgets loaded collections when its process ends
     fields = [*milvus.EXPLAIN_FIELDS, milvus.VECTOR_FIELD]
     cols = milvus.read(client, collection, fields)
     table = PersonaTable(
