@@ -10,6 +10,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -136,7 +138,6 @@ def vllm_server(smollm2_paths: SmolLM2Paths, tmp_path_factory: pytest.TempPathFa
 
     Yields the base URL (``http://127.0.0.1:PORT/v1``); the whole process group is terminated at the end.
     """
-    import httpx
 
     port = free_port()
     log_path = tmp_path_factory.mktemp("vllm-server") / "server.log"
@@ -165,18 +166,8 @@ def vllm_server(smollm2_paths: SmolLM2Paths, tmp_path_factory: pytest.TempPathFa
     with log_path.open("wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
-        deadline = time.monotonic() + 240
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"vLLM server exited with {proc.returncode}:\n{_tail(log_path)}", pytrace=False)
-            try:
-                if httpx.get(f"{base_url}/models", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"vLLM server did not answer /v1/models within 240 s:\n{_tail(log_path)}", pytrace=False)
-            time.sleep(1)
+        alive = lambda: proc.poll() is None  # noqa: E731
+        wait_for_http(f"{base_url}/models", alive=alive, what="the vLLM server", timeout_s=240, log=log_path)
         yield base_url
     finally:
         _stop_group(proc)
@@ -191,6 +182,32 @@ def free_port() -> int:
 
 def _tail(path: Path, lines: int = 60) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def wait_for_http(
+    url: str,
+    *,
+    alive: Callable[[], bool],
+    what: str,
+    timeout_s: float = 120,
+    log: Path | None = None,
+    headers: dict[str, str] | None = None,
+    poll_s: float = 0.3,
+) -> None:
+    """Poll ``url`` until it answers 200; fail the test (with the log's tail) if ``alive()`` turns false
+    or ``timeout_s`` passes first."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=5) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        if not alive() or time.monotonic() > deadline:
+            why = "stopped" if not alive() else f"did not answer {url} within {timeout_s:.0f} s"
+            pytest.fail(f"{what} {why}" + (f":\n{_tail(log)}" if log else ""), pytrace=False)
+        time.sleep(poll_s)
 
 
 def _stop_group(proc: subprocess.Popen, grace_s: float = 30) -> None:

@@ -10,16 +10,13 @@ from __future__ import annotations
 import secrets
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import pytest
 
-from persona4rec.errors import ConfigError
-from tests.conftest import _stop_group, _tail, free_port
+from tests.conftest import _stop_group, free_port, wait_for_http
 
 pytestmark = pytest.mark.slow
 
@@ -59,17 +56,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=root, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the MLflow server did not come up:\n{_tail(log)}")
-            time.sleep(1)
+        wait_for_http(f"{uri}/health", alive=lambda: proc.poll() is None, what="the MLflow server", log=log)
         yield Server(uri, password)
     finally:
         _stop_group(proc, grace_s=3)
@@ -127,17 +114,3 @@ def test_a_wrong_password_is_refused_and_the_environment_wins_over_the_file(
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "not-the-password")  # the environment wins
     with pytest.raises(MlflowException, match="401|nauthorized|credentials"):
         registry.client(cfg)
-
-
-def test_credential_files_that_cannot_work_are_named(make_config, tmp_path: Path):
-    from persona4rec.infra.secrets import mlflow_credentials
-
-    missing = make_config(MI, f"mlflow.credentials_file={tmp_path / 'none.ini'}")
-    with pytest.raises(ConfigError, match="cannot read"):
-        mlflow_credentials(missing)
-    typo = tmp_path / "typo.ini"
-    typo.write_text("[mlflow]\nmlflow_tracking_pasword = x\n")
-    with pytest.raises(ConfigError, match="unknown keys mlflow_tracking_pasword"):
-        mlflow_credentials(make_config(MI, f"mlflow.credentials_file={typo}"))
-    with pytest.raises(ConfigError, match="credentials"):
-        make_config(MI, "mlflow.tracking_uri=http://admin:hunter2@mlflow:5000")

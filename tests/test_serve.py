@@ -20,23 +20,9 @@ import pytest
 from persona4rec import schemas
 from persona4rec.jobs.index import job as index_job
 from persona4rec.jobs.train import job as train_job
-from tests.conftest import FAST, _stop_group, _tail, free_port
+from tests.conftest import FAST, _stop_group, _tail, free_port, wait_for_http
 
 MAX_CANDIDATES = 50
-
-
-def _wait(url: str, proc: subprocess.Popen, log, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode}:\n{_tail(log)}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise TimeoutError(f"{url} not ready after {timeout}s:\n{_tail(log)}")
 
 
 def _wait_port(port: int, proc: subprocess.Popen, log, timeout: float = 60) -> None:
@@ -84,7 +70,7 @@ def served(mi_pipeline, tmp_path_factory):
             stdout=serve_log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         url = f"http://127.0.0.1:{http_port}"
-        _wait(f"{url}/ready", serve_proc, serve_log)
+        wait_for_http(f"{url}/ready", alive=lambda: serve_proc.poll() is None, what="p4r serve", log=serve_log)
         yield cfg, url, first
     finally:
         for proc in (serve_proc, milvus_proc):

@@ -12,8 +12,6 @@ import secrets
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 from typing import NamedTuple
 
@@ -22,7 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 from persona4rec.cli import main
-from tests.conftest import MUSICAL_INSTRUMENTS, _stop_group, _tail, free_port
+from tests.conftest import MUSICAL_INSTRUMENTS, _stop_group, free_port, wait_for_http
 
 pytestmark = pytest.mark.slow
 
@@ -63,18 +61,8 @@ def ray_head():
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     address = f"http://127.0.0.1:{ports['dashboard-port']}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                probe = urllib.request.Request(f"{address}/api/version", headers={"Authorization": f"Bearer {token}"})
-                with urllib.request.urlopen(probe, timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the Ray head did not come up:\n{_tail(log)}")
-            time.sleep(1)
+        wait_for_http(f"{address}/api/version", alive=lambda: proc.poll() is None, what="the Ray head", log=log,
+                      headers={"Authorization": f"Bearer {token}"})  # fmt: skip
         yield Head(address, f"submit.token_file={token_file}")
     finally:
         _stop_group(proc, grace_s=5)

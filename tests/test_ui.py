@@ -32,7 +32,7 @@ from persona4rec.jobs.index import job as index_job
 from persona4rec.jobs.train import job as train_job
 from persona4rec.serve import catalog as catalog_mod
 from persona4rec.serve.ui import anchor
-from tests.conftest import FAST, MUSICAL_INSTRUMENTS, free_port
+from tests.conftest import FAST, MUSICAL_INSTRUMENTS, free_port, wait_for_http
 
 CHROMIUM = os.environ.get("P4R_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 REVIEW_MARKUP = "<script>alert(1)</script> Sounds <b>great</b> & costs < $20"
@@ -101,15 +101,7 @@ def site(mi_pipeline, tmp_path_factory):
     thread.start()
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/ready", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert thread.is_alive() and time.monotonic() < deadline, f"not ready: {recommender.watcher.last_error}"
-            time.sleep(0.2)
+        wait_for_http(f"{base}/ready", alive=thread.is_alive, what="the UI's server", timeout_s=60, poll_s=0.2)
         facts = {
             "cfg": cfg, "recommender": recommender, "item": item, "persona_id": persona_id, "review_id": review_id,
             "personas_of_item": counts[item], "collection": built.manifest.counts["collection"],
