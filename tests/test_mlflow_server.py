@@ -87,7 +87,7 @@ def test_train_and_promote_against_an_authenticated_tracking_server(
     remote = (f"mlflow.tracking_uri={mlflow_server.uri}",
               f"mlflow.credentials_file={_credentials(tmp_path / 'creds.ini', mlflow_server.password)}")  # fmt: skip
     # Settings of its own, so that this session trains (and registers) an encoder of its own.
-    cfg = config(*remote, "train.epochs=1", "train.seed=11")
+    cfg = config(*remote, "train.epochs=1", "train.seed=11", "train.num_workers=1", "encoder.profile.gamma_grid=[0.65]")
     result = train_job.run(cfg, progress=False)
     version = result.manifest.counts["mlflow"]["version"]
     assert result.manifest.counts["mlflow"]["tracking_uri"] == mlflow_server.uri

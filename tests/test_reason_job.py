@@ -79,10 +79,10 @@ def _evidence_is_from_the_sample(t, prepared_folder):
 
 
 def test_efficient_mode_on_vllm_then_a_rerun_costs_nothing(mi_config, vllm_engine, smollm2_paths, embed):
-    overrides = [f"llm.model={smollm2_paths.hf}", EMBEDDER, *SMALL, "reason.limit_items=4", "reason.max_attempts=2"]
-    cfg = mi_config(*overrides, "reason.actors.batch_size=3")
+    overrides = [f"llm.model={smollm2_paths.hf}", EMBEDDER, *SMALL, "reason.limit_items=3", "reason.max_attempts=2"]
+    cfg = mi_config(*overrides, "reason.actors.batch_size=2")
     first = reason_job.run(cfg, engine=vllm_engine, embed=embed, progress=False)
-    t = _check_contracts(first, 4)
+    t = _check_contracts(first, 3)
     assert len(t["personas"]) > 0, t["item_status"].reason.tolist()
 
     # `p4r personas` shows them, with the reviews they cite
@@ -97,8 +97,8 @@ def test_efficient_mode_on_vllm_then_a_rerun_costs_nothing(mi_config, vllm_engin
     assert f"### {shown.item_id}" in out.output and shown["name"] in out.output and shown.evidence[0] in out.output
     _evidence_is_from_the_sample(t, reason_job.prepare_job.locate(cfg).folder)
     counts = first.manifest.counts
-    assert counts["llm_calls"] == int(t["item_status"].calls.sum()) >= 4
-    assert counts["spent_this_run"]["personas"]["units"] == 4
+    assert counts["llm_calls"] == int(t["item_status"].calls.sum()) >= 3
+    assert counts["spent_this_run"]["personas"]["units"] == 3
     assert counts["prompt_tokens"] > 0 and counts["completion_tokens"] > 0
     assert (t["summaries"].source == "reviews").all()  # this catalogue has no metadata
 
@@ -120,7 +120,7 @@ def test_efficient_mode_on_vllm_then_a_rerun_costs_nothing(mi_config, vllm_engin
 
 
 def test_a_changed_item_is_redone_and_nothing_else(mi_config, vllm_engine, smollm2_paths, embed):
-    cfg = _config(mi_config, smollm2_paths.hf, "reason.limit_items=3")
+    cfg = _config(mi_config, smollm2_paths.hf, "reason.limit_items=2")
     first = _tables(reason_job.run(cfg, engine=vllm_engine, embed=embed, progress=False))
     samples_dir = reason_job.prepare_job.locate(cfg).folder / "review_samples"
     samples = pq.read_table(samples_dir)
@@ -255,7 +255,7 @@ def test_killed_run_resumes_without_redoing_or_losing_work(
         "llm.engine=llamacpp",
         EMBEDDER,
         *SMALL,
-        "reason.limit_items=4",
+        "reason.limit_items=3",
         "reason.actors.batch_size=1",
         "reason.actors.num_cpus=2",
         "llm.llamacpp.n_threads=2",
@@ -289,13 +289,13 @@ def test_killed_run_resumes_without_redoing_or_losing_work(
     from persona4rec.reasoning.cache import ResultCache
 
     done_before = ResultCache(cache).load()
-    assert 1 <= len(done_before) < 4
+    assert 1 <= len(done_before) < 3
 
     result = reason_job.run(cfg, engine=llamacpp_engine, embed=embed, progress=False)
-    assert result.manifest.counts["spent_this_run"]["personas"]["units"] == 4 - len(done_before)
-    t = _check_contracts(result, 4)
+    assert result.manifest.counts["spent_this_run"]["personas"]["units"] == 3 - len(done_before)
+    t = _check_contracts(result, 3)
     after = ResultCache(cache).load()
-    assert set(done_before) <= set(after) and len(after) == 4
+    assert set(done_before) <= set(after) and len(after) == 3
     for key, row in done_before.items():  # finished work was kept, not recomputed
         assert after[key]["created_at"] == row["created_at"] and after[key]["payload"] == row["payload"]
     assert t["item_status"].cache_key.is_unique
