@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine:
 #   make run    install, then run the pipeline end to end on Amazon 2014 Musical Instruments
-#   make test   install, then run the test suite (real Spark, Ray, vLLM, llama.cpp and Milvus; ~16 min on 2 cores)
+#   make test   install, then run the test suite (real Spark, Ray, vLLM, llama.cpp, Milvus, servers; ~20 min on 2 cores)
 # `make help` lists the rest.
 
 VENV     ?= .venv
