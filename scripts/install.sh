@@ -54,12 +54,13 @@ if [[ ",$extras," =~ ,(cpu|embed|llm-cpu), ]]; then
   "${pip[@]}" torch==2.13.0
 fi
 if [[ ",$extras," =~ ,(cpu|llm-cpu), ]]; then
-  # llama.cpp compiles from source (5-7 minutes). Built for the native CPU, ggml takes its AMX code path on
-  # CPUs that have AMX, and that path crashes (Illegal instruction) on the first request: build a portable
-  # AVX2 binary instead. The wheel is kept under a name made of the version and the build flags, so a later
+  # llama.cpp compiles from source (about 5 minutes). Built for the native CPU, ggml takes its AMX code path
+  # on CPUs that have AMX, and that path crashes (Illegal instruction) on the first request: build a portable
+  # AVX2 binary instead, without the multimodal library (LLAVA_BUILD; never used here, a fifth of the
+  # compiled code). The wheel is kept under a name made of the version and the build flags, so a later
   # install with the same flags reuses it and a wheel built with other flags (pip's own cache) never is.
   llama="$(grep -i '^llama.cpp.python==' requirements/constraints.txt)"
-  cmake_args="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_BMI2=ON -DGGML_FMA=ON -DGGML_F16C=ON}"
+  cmake_args="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_BMI2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DLLAVA_BUILD=OFF}"
   wheels="${XDG_CACHE_HOME:-$HOME/.cache}/persona4rec/wheels/$(printf '%s|%s' "$llama" "$cmake_args" | sha256sum | cut -c1-16)"
   if ! compgen -G "$wheels/llama_cpp_python-*.whl" >/dev/null; then
     CMAKE_ARGS="$cmake_args" "$venv/bin/python" -m pip wheel --quiet --disable-pip-version-check --no-deps \
