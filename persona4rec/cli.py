@@ -570,7 +570,9 @@ def serve(loaded: LoadedConfig, host: str | None, port: int | None) -> None:
 @click.option("--force", is_flag=True, help="Pass --force to the stage: rebuild even when up to date.")
 @click.option("--from", "first", type=click.Choice(PIPELINE), help="With `run`: start at this stage.")
 @click.option("--until", "last", type=click.Choice(PIPELINE), help="With `run`: stop after this stage.")
-@click.option("--dry-run", is_flag=True, help="Print the job (entrypoint, runtime environment) and send nothing.")
+@click.option(
+    "--dry-run", is_flag=True, help="Stage the job, print it (entrypoint, runtime environment) and send nothing."
+)
 def submit(
     loaded: LoadedConfig,
     stage: str,
@@ -607,11 +609,12 @@ def submit(
     stage_args = ["-q", *(["--force"] if force else [])]
     stage_args += [*(["--from", first] if first else []), *(["--until", last] if last else [])]
     sub = ray_jobs.prepare(cfg, stage, stage_args)
+    if dry_run:  # the staged folders are left in place for inspection; nothing is sent
+        job = {"submission_id": sub.submission_id, "entrypoint": sub.entrypoint}
+        click.echo(json.dumps({**job, "runtime_env": sub.runtime_env, "metadata": sub.metadata}, indent=2))
+        click.echo(f"dry run: nothing sent; what would travel is staged in {sub.staging}", err=True)
+        return
     try:
-        if dry_run:
-            job = {"submission_id": sub.submission_id, "entrypoint": sub.entrypoint}
-            click.echo(json.dumps({**job, "runtime_env": sub.runtime_env, "metadata": sub.metadata}, indent=2))
-            return
         jobs = ray_jobs.client(address or cfg.submit.address, ray_token(cfg))
         for note in sub.notes:
             click.echo(f"note: {note}", err=True)

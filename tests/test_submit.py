@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -153,6 +154,12 @@ def test_submission_problems_are_caught_before_anything_is_sent(no_ray_address, 
 
     nobody = p4r("jobs", "list", "--address", f"http://127.0.0.1:{free_port()}")
     assert nobody.exit_code == 2 and "no Ray job API answers" in nobody.output
+
+    dry = CliRunner().invoke(main, ["submit", "prepare", "--dry-run", f"paths.artifacts={tmp_path}"])
+    assert dry.exit_code == 0, dry.output
+    staged = Path(json.loads(dry.stdout)["runtime_env"]["working_dir"])
+    assert (staged / "p4r-job.yaml").is_file()  # left for inspection, sent nowhere
+    shutil.rmtree(staged.parent)
 
     misuse = p4r("submit", "prepare", "--until", "reason", f"paths.artifacts={tmp_path}")
     assert misuse.exit_code == 2 and "--from/--until go with" in misuse.output
