@@ -63,7 +63,9 @@ class ResultCache:
         self.seeds = tuple(seeds)
         for seed in self.seeds:
             if not seed.is_dir():
-                raise ConfigError(f"seed cache {seed} is not a folder")
+                raise ConfigError(
+                    f"seed cache {seed} is not a folder (reason.seed_caches; a relative path starts at the current one)"
+                )
         folder.mkdir(parents=True, exist_ok=True)
         for stale in folder.glob(".tmp-*"):
             stale.unlink(missing_ok=True)
