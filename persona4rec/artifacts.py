@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -47,6 +48,7 @@ class Manifest:
     tables: dict[str, dict[str, Any]] = field(default_factory=dict)
     counts: dict[str, Any] = field(default_factory=dict)
     timings_s: dict[str, float] = field(default_factory=dict)
+    peak_rss_mb: dict[str, float] = field(default_factory=dict)  # per timed step; see Timer
     environment: dict[str, str] = field(default_factory=dict)
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
@@ -70,6 +72,11 @@ class Manifest:
         rows = validate_parquet(folder / schema.name, schema)
         self.tables[schema.name] = {"rows": rows}
         return rows
+
+    def record(self, timer: Timer) -> None:
+        """Take the wall time and peak memory of every timed step."""
+        self.timings_s = dict(timer.timings)
+        self.peak_rss_mb = dict(timer.peak_rss_mb)
 
     def write(self, folder: Path) -> Path:
         path = folder / MANIFEST
@@ -187,13 +194,34 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 class Timer:
-    """Accumulates named wall-clock timings: ``with timer("kcore"): ...``."""
+    """Accumulates named wall-clock timings and peak memory: ``with timer("kcore"): ...``.
 
-    def __init__(self) -> None:
+    Memory is the resident set of this process and all its descendants (a local Ray cluster's workers,
+    Spark's JVM, an in-process LLM engine), sampled every ``sample_s`` while a span is open. Pages
+    shared between processes count once per process, so the figure is an upper bound.
+    """
+
+    def __init__(self, sample_s: float = 0.25) -> None:
         self.timings: dict[str, float] = {}
+        self.peak_rss_mb: dict[str, float] = {}
+        self.sample_s = sample_s
 
     def __call__(self, name: str) -> _Span:
         return _Span(self, name)
+
+
+def tree_rss_bytes() -> int:
+    """Resident bytes of this process plus all its descendants (0 for any that vanish while being read)."""
+    import psutil
+
+    me = psutil.Process()
+    total = 0
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            total += proc.memory_info().rss
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return total
 
 
 class _Span:
@@ -201,8 +229,21 @@ class _Span:
         self.timer, self.name = timer, name
 
     def __enter__(self) -> None:
+        self.peak = tree_rss_bytes()
+        self.done = threading.Event()
+        self.sampler = threading.Thread(target=self._sample, name=f"rss-{self.name}", daemon=True)
+        self.sampler.start()
         self.start = time.perf_counter()
+
+    def _sample(self) -> None:
+        while not self.done.wait(self.timer.sample_s):
+            self.peak = max(self.peak, tree_rss_bytes())
 
     def __exit__(self, *exc: object) -> None:
         elapsed = time.perf_counter() - self.start
-        self.timer.timings[self.name] = round(self.timer.timings.get(self.name, 0.0) + elapsed, 3)
+        self.done.set()
+        self.sampler.join()
+        self.peak = max(self.peak, tree_rss_bytes())
+        t = self.timer
+        t.timings[self.name] = round(t.timings.get(self.name, 0.0) + elapsed, 3)
+        t.peak_rss_mb[self.name] = max(t.peak_rss_mb.get(self.name, 0.0), round(self.peak / 2**20, 1))

@@ -11,13 +11,16 @@ import functools
 import json
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 import persona4rec
 from persona4rec.config import LoadedConfig, dataset_names, load_config
 from persona4rec.errors import Persona4RecError, StageUnavailable
+
+if TYPE_CHECKING:
+    from persona4rec.artifacts import Manifest
 
 #: Stages in pipeline order.
 PIPELINE: tuple[str, ...] = (
@@ -136,6 +139,7 @@ def _prepare(loaded: LoadedConfig, *, force: bool, quiet: bool) -> None:
         click.echo(f"prepare: up to date, nothing to do ({result.folder})")
         return
     click.echo(f"prepare: wrote {result.folder}")
+    _cost_of_stage(result.manifest)
     width = max(len(n) for n in m.tables)
     for name, info in m.tables.items():
         click.echo(f"  {name:<{width}}  {info['rows']:>10,} rows")
@@ -147,9 +151,6 @@ def _prepare(loaded: LoadedConfig, *, force: bool, quiet: bool) -> None:
         f"  users {m.counts['users']:,}  items {m.counts['items']:,}  "
         f"train/valid/test {split.get('train', 0):,}/{split.get('valid', 0):,}/{split.get('test', 0):,}  "
         f"empty-text reviews {m.counts['empty_text_reviews']:,}"
-    )
-    click.echo(
-        f"  time {sum(m.timings_s.values()):.1f}s  " + "  ".join(f"{k} {v:.1f}s" for k, v in m.timings_s.items())
     )
 
 
@@ -190,6 +191,13 @@ def _llm_stage_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
+def _cost_of_stage(m: Manifest) -> None:
+    """One line: the stage's wall time by step and the peak memory of its process tree."""
+    steps = "  ".join(f"{k} {v:.1f}s" for k, v in m.timings_s.items())
+    peak = max(m.peak_rss_mb.values(), default=0.0)
+    click.echo(f"  time {sum(m.timings_s.values()):.1f}s ({steps})  peak memory {peak / 1024:.1f} GiB")
+
+
 def _cost_lines(counts: dict[str, Any]) -> None:
     for kind, s in counts.get("spent_this_run", {}).items():
         click.echo(
@@ -209,6 +217,7 @@ def _reason(loaded: LoadedConfig, *, force: bool, quiet: bool, retry_failed: boo
         return
     c = result.manifest.counts
     click.echo(f"reason: wrote {result.folder}")
+    _cost_of_stage(result.manifest)
     click.echo(
         f"  items {c['items']:,}: {c['items_ok']:,} ok, {c['items_failed']:,} failed  "
         f"personas {c['personas']:,} ({c['personas_per_ok_item']} per item)"
@@ -254,6 +263,7 @@ def _align(loaded: LoadedConfig, *, force: bool, quiet: bool, retry_failed: bool
         return
     c = result.manifest.counts
     click.echo(f"align: wrote {result.folder}")
+    _cost_of_stage(result.manifest)
     click.echo(
         f"  {c['labels']:,} labels for {c['train_interactions']:,} training interactions (coverage {c['coverage']:.1%})"
     )
@@ -289,6 +299,7 @@ def _embed(loaded: LoadedConfig, *, force: bool, quiet: bool) -> None:
         return
     c, t = result.manifest.counts, result.manifest.tables
     click.echo(f"embed: wrote {result.folder}")
+    _cost_of_stage(result.manifest)
     click.echo(
         "  " + ", ".join(f"{v['rows']:,} {k.removesuffix('_vectors')}s" for k, v in t.items()) + f"; dim {c['dim']}"
     )
@@ -320,6 +331,7 @@ def _train(loaded: LoadedConfig, *, force: bool, quiet: bool) -> None:
         click.echo(f"train: up to date, nothing to do ({result.folder})")
     else:
         click.echo(f"train: wrote {result.folder}")
+        _cost_of_stage(result.manifest)
     d = c["data"]
     click.echo(
         f"  {d['train_examples']:,} training examples, {d['heldout_examples']:,} held out, "
@@ -378,6 +390,7 @@ def _index(loaded: LoadedConfig, *, force: bool, quiet: bool) -> None:
         click.echo(f"index: up to date, nothing to do; {c['alias']} -> {c['collection']}")
         return
     click.echo(f"index: wrote {c['collection']} ({result.folder})")
+    _cost_of_stage(result.manifest)
     click.echo(
         f"  {c['personas']:,} personas + {c['summary_rows']:,} summary rows (items without personas); "
         f"{c['copied']:,} vectors copied from {c['copied_from'] or 'no earlier version'}, {c['encoded']:,} encoded"
@@ -440,6 +453,7 @@ def _candidates(loaded: LoadedConfig, *, force: bool, quiet: bool) -> None:
         return
     n = loaded.config.candidates.top_n
     click.echo(f"candidates: wrote {result.folder}")
+    _cost_of_stage(result.manifest)
     click.echo(f"  {c['users']:,} users, {c['items']:,} items, {c['train_interactions']:,} training interactions")
     for name, g in c["generators"].items():
         tuned = ", ".join(f"{k}={v:g}" for k, v in g["params"].items() if not isinstance(v, dict)) or "no parameters"
@@ -476,6 +490,7 @@ def _evaluate(loaded: LoadedConfig, *, force: bool, quiet: bool) -> None:
         click.echo(f"evaluate: up to date, nothing to do; report: {result.folder / 'report.md'}")
         return
     click.echo(f"evaluate: wrote {result.folder / 'report.md'} (plots in {result.folder / 'plots'})")
+    _cost_of_stage(result.manifest)
     import pyarrow.parquet as pq
 
     rows = [r for r in pq.read_table(result.table("eval_metrics")).to_pylist() if r["segment"] == "all"]

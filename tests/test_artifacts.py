@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from persona4rec.artifacts import Manifest, StageStore, fingerprint
+import json
+import subprocess
+import sys
+import time
+
+from persona4rec.artifacts import Manifest, StageStore, Timer, fingerprint
 
 
 def _manifest(fp: str) -> Manifest:
@@ -49,3 +54,30 @@ def test_manifest_of_another_fingerprint_is_not_complete(tmp_path):
     _manifest(fp).write(tmp)
     store.publish(tmp, fp)
     assert store.complete(other) is None
+
+
+def test_timer_peak_memory_counts_child_processes_and_round_trips(tmp_path):
+    """A child holding ~300 MB during a span shows in that span's peak, not in a span before it."""
+    timer = Timer(sample_s=0.05)
+    with timer("idle"):
+        time.sleep(0.2)
+    hold = "b = bytearray(300 * 2**20); import sys; sys.stdout.write('ready\\n'); sys.stdout.flush(); input()"
+    with timer("child"):
+        child = subprocess.Popen([sys.executable, "-c", hold], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert child.stdout.readline() == "ready\n"
+        time.sleep(0.3)
+        child.communicate("")
+    assert set(timer.timings) == set(timer.peak_rss_mb) == {"idle", "child"}
+    assert timer.peak_rss_mb["child"] - timer.peak_rss_mb["idle"] > 250
+    m = _manifest("f")
+    m.record(timer)
+    m.write(tmp_path)
+    assert Manifest.read(tmp_path).peak_rss_mb == timer.peak_rss_mb
+
+
+def test_manifest_written_before_peak_memory_existed_still_reads(tmp_path):
+    m = _manifest("f")
+    data = dict(m.__dict__)
+    del data["peak_rss_mb"]
+    (tmp_path / "manifest.json").write_text(json.dumps(data))
+    assert Manifest.read(tmp_path).peak_rss_mb == {}

@@ -164,3 +164,66 @@ def test_a_listwise_generator_that_is_not_evaluated_is_refused_up_front(evaluate
                  "evaluate.generators=[bpr]", "evaluate.listwise.generator=lightgcn")  # fmt: skip
     with pytest.raises(StageUnavailable, match="listwise.generator 'lightgcn' is not among the evaluated"):
         evaluate_job.run(bad, progress=False)
+
+
+def _headline():
+    """benchmarks/headline.py, imported by path (benchmarks/ is scripts, not a package)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "headline.py"
+    spec = importlib.util.spec_from_file_location("headline", script)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["headline"] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_headline_report_reads_the_run_it_is_given(evaluated, tmp_path):
+    from tests.conftest import FAST, MUSICAL_INSTRUMENTS
+
+    cfg, _, result = evaluated
+    headline = _headline()
+    run = headline.locate_run(cfg)
+    assert run.stages["evaluate"].folder == result.folder
+
+    lines, table = headline.quality(run)
+    rows = pq.read_table(result.table("eval_metrics")).to_pylist()
+
+    def value(gen, reranker, metric, segment="all"):
+        (r,) = [
+            r
+            for r in rows
+            if (r["generator"], r["reranker"], r["metric"], r["segment"]) == (gen, reranker, metric, segment)
+        ]
+        return r["value"]
+
+    got = {(r["generator"], r["reranker"]): r for r in table}
+    for gen in ("bpr", "lightgcn"):
+        base = value(gen, "first_stage", "ndcg@10")
+        assert got[gen, "persona"]["ndcg@10 gain"] == pytest.approx(value(gen, "persona", "ndcg@10") / base - 1)
+    assert sum("paper: P4R on Amazon-Books" in line for line in lines) == 2
+
+    # the same personas as both "modes": identical rows, a paired test that finds nothing
+    items = {r["item_id"] for r in pq.read_table(run.stages["reason"].table("item_status")).to_pylist()}
+    modes = headline.compare_modes(run, run, set(sorted(items)[:30]))
+    eff, pap = [line for line in modes if line.startswith(("| efficient |", "| paper |"))][-2:]
+    assert eff.split("|")[2:] == pap.split("|")[2:]
+    assert "HR@10 p = 1.000, NDCG@10 p = 1.000" in modes[-1]
+
+    # a top recommendation is one of the user's candidates, explained by one of its own personas
+    expl = headline.explanations(run, 3, seed=0)
+    assert sum(line.startswith("### ") for line in expl) == 3
+    names = set(pq.read_table(run.stages["reason"].table("personas"), columns=["name"])["name"].to_pylist())
+    quoted = [line.split("**")[1] for line in expl if line.startswith("> **")]
+    assert len(quoted) == 3 and all(n in names for n in quoted)
+
+    overrides = [f"paths.artifacts={cfg.paths.artifacts}", f"data.local_dir={MUSICAL_INSTRUMENTS}", *FAST, *GRID,
+                 f"index.encoder_version={cfg.index.encoder_version}", "evaluate.listwise.users=4",
+                 "evaluate.bootstrap=200", "evaluate.permutations=500"]  # fmt: skip
+    headline.main(["-d", "amazon2014-musical-instruments", *overrides, "--explanations", "2", "--out", str(tmp_path)])
+    report = (tmp_path / "report.md").read_text()
+    assert "## Quality @10" in report and "Ratio of medians" in report and "| evaluate |" in report
+    assert (tmp_path / "plots" / "gains_vs_paper.png").stat().st_size > 0
+    assert (tmp_path / "evaluation.md").read_text() == (result.folder / "report.md").read_text()

@@ -100,7 +100,7 @@ def run(
     try:
         manifest.add_table(tmp, pa.Table.from_pylist(labels, schema=schemas.LABELS.arrow()), schemas.LABELS)
         manifest.counts = {**counts, "spent_this_run": spent}
-        manifest.timings_s = timer.timings
+        manifest.record(timer)
         manifest.write(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

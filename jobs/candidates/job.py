@@ -105,7 +105,7 @@ def run(cfg: Config, *, force: bool = False, progress: bool = True) -> Candidate
             "users": data.n_users, "items": data.n_items, "train_interactions": data.nnz, "generators": report,
             "hit_rate": hit_rates(table),
         }  # fmt: skip
-        manifest.timings_s = timer.timings
+        manifest.record(timer)
         manifest.write(tmp)
         folder = store.publish(tmp, fp)
     return CandidatesResult(folder, manifest, skipped=False)

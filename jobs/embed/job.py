@@ -100,7 +100,7 @@ def run(cfg: Config, *, force: bool = False, progress: bool = True) -> EmbedResu
                 "dim": dim,
                 "sentences_per_s": round(embedded / embed_s, 1) if embedded and embed_s else None,
             }
-            manifest.timings_s = timer.timings
+            manifest.record(timer)
             manifest.write(tmp)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -196,7 +196,7 @@ def run(cfg: Config, *, force: bool = False, progress: bool = True, engine: Any 
 
         with timer("report"):
             write_report(tmp, ev, cfg, manifest, found)
-        manifest.timings_s = timer.timings
+        manifest.record(timer)
         manifest.write(tmp)
         folder = store.publish(tmp, fp)
     if cfg.evaluate.log_to_mlflow:

@@ -142,7 +142,7 @@ def run(cfg: Config, *, force: bool = False, progress: bool = True) -> IndexResu
                 "encoder": ref,
                 "index_type": cfg.index.index_type,
             }
-            manifest.timings_s = timer.timings
+            manifest.record(timer)
             manifest.write(tmp)
             folder = store.publish(tmp, fp)
         except BaseException:

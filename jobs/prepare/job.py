@@ -185,7 +185,7 @@ def _build(
 
     manifest.tables = {name: {"path": name, "rows": n} for name, n in rows_written.items()}
     manifest.counts = counts
-    manifest.timings_s = timer.timings
+    manifest.record(timer)
 
 
 def _items(interactions: DataFrame, train_reviews: DataFrame, samples: DataFrame, meta: DataFrame | None) -> DataFrame:

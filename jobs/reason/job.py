@@ -97,7 +97,7 @@ def run(
                 schema = getattr(schemas, name.upper())
                 manifest.add_table(tmp, pa.Table.from_pylist(rows, schema=schema.arrow()), schema)
         manifest.counts = {**counts, "spent_this_run": {k: dict(v) for k, v in ledger.spent.items()}}
-        manifest.timings_s = timer.timings
+        manifest.record(timer)
         manifest.write(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -128,7 +128,7 @@ def run(cfg: Config, *, force: bool = False, progress: bool = True) -> TrainResu
             "run_id": ref.run_id,
             "tracking_uri": cfg.tracking_uri,
         }
-        manifest.timings_s = timer.timings
+        manifest.record(timer)
         manifest.write(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
