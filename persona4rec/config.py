@@ -836,6 +836,8 @@ def _merge(
     for key, value in layer.items():
         dotted = f"{prefix}{key}"
         if isinstance(value, Mapping) and isinstance(into.get(key), dict):
+            if value:  # the keys below now say who set them, not an empty mapping a lower layer gave
+                sources.pop(dotted, None)
             _merge(into[key], value, label, sources, dotted + ".")
         else:
             into[key] = _plain(value)
@@ -855,6 +857,7 @@ def _record(value: Any, dotted: str, label: str, sources: dict[str, str]) -> Non
         for key, sub in value.items():
             _record(sub, f"{dotted}.{key}", label, sources)
     else:
+        sources.pop(dotted, None)  # re-insert: the order of ``sources`` is the order of the latest writes
         sources[dotted] = label
 
 

@@ -65,6 +65,19 @@ def test_dataset_layer_by_path(tmp_path: Path):
     assert cfg.artifacts_root.name == "mine"
 
 
+def test_a_mapping_set_on_the_command_line_is_blamed_on_it_not_on_the_empty_default(tmp_path: Path):
+    with pytest.raises(ConfigError) as err:  # defaults give submit.env_vars: {}
+        load_config(['submit.env_vars={"API_TOKEN": "x"}'])
+    assert str(err.value).rstrip().endswith("[set by command line]")
+
+    exp = tmp_path / "exp.yaml"
+    exp.write_text("submit:\n  env_vars: {MY_SECRET: x}\n")
+    with pytest.raises(ConfigError, match=r"\[set by experiment"):
+        load_config(experiment=exp)
+    with pytest.raises(ConfigError, match=r"\[set by command line\]"):  # the latest layer to touch it
+        load_config(['submit.env_vars={"MY_SECRET": "y"}'], experiment=exp)
+
+
 def test_unknown_key_names_key_layer_and_suggestion(tmp_path: Path):
     with pytest.raises(ConfigError) as err:
         load_config(["prepare.kcore=5"])
