@@ -80,7 +80,7 @@ class Manifest:
 
     def write(self, folder: Path) -> Path:
         path = folder / MANIFEST
-        _atomic_write(path, json.dumps(self.__dict__, indent=2, sort_keys=False, ensure_ascii=False) + "\n")
+        atomic_write(path, json.dumps(self.__dict__, indent=2, sort_keys=False, ensure_ascii=False) + "\n")
         return path
 
     @classmethod
@@ -176,7 +176,7 @@ class StageStore:
         return final
 
     def point_current(self, folder: Path) -> None:
-        _atomic_write(self.root / CURRENT, folder.name + "\n")
+        atomic_write(self.root / CURRENT, folder.name + "\n")
 
     def reuse(self, fp: str) -> StageResult | None:
         """The finished version for this fingerprint, made current, or None when there is none."""
@@ -187,7 +187,7 @@ class StageStore:
         return StageResult(done, Manifest.read(done), skipped=True)
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)

@@ -341,7 +341,7 @@ def _train(loaded: LoadedConfig, *, force: bool, quiet: bool) -> None:
         click.echo(f"  {name:<20} {value:.4f}   (chance {c['chance'].get(name, float('nan')):.4f})")
     click.echo(f"  gamma {c['gamma']:g} (tried {', '.join(c['gamma_scores'])}); best epoch {c['best_epoch']}")
     m = c["mlflow"]
-    click.echo(f"  registered {m['model']} version {m['version']} (run {m['run_id']})")
+    click.echo(f"  registered {m['model']} version {m['version']} at {m['tracking_uri']} (run {m['run_id']})")
 
 
 @main.command()

@@ -99,8 +99,8 @@ def router(cfg: Config, recommender: Recommender) -> APIRouter:
     ui = APIRouter(prefix=PREFIX, include_in_schema=False)
 
     def page(request: Request, template: str, t0: float, code: int = 200, **ctx: Any) -> HTMLResponse:
-        root = request.scope.get("root_path", "") + PREFIX
-        html = _env.get_template(template).render(root=root, dataset=cfg.dataset, **ctx)
+        mount = request.scope.get("root_path", "")  # behind a proxy that serves the app under a prefix
+        html = _env.get_template(template).render(root=mount + PREFIX, api=mount + "/docs", dataset=cfg.dataset, **ctx)
         ms = (time.perf_counter() - t0) * 1000
         return HTMLResponse(html, code, headers={**HEADERS, "Server-Timing": f"app;dur={ms:.1f}"})
 

@@ -74,3 +74,24 @@ def test_train_registers_in_mlflow_and_the_champion_loads_back_identical(mi_pipe
 
 def _overrides(cfg):
     return [f"paths.artifacts={cfg.paths.artifacts}", f"data.local_dir={cfg.data.local_dir}", "-d", cfg.dataset, *FAST]
+
+
+def test_a_new_tracking_server_gets_the_saved_encoder_once_without_retraining(mi_pipeline, tmp_path):
+    from persona4rec.infra import mlflow as registry
+
+    config, _ = mi_pipeline
+    first = train_job.run(config(), progress=False)
+    uri = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    cfg = config(f"mlflow.tracking_uri={uri}")
+    moved = train_job.run(cfg, progress=False)
+    assert moved.skipped and moved.folder == first.folder
+    entry = moved.manifest.counts["mlflow"]
+    assert entry["tracking_uri"] == uri and entry["registered_on_reuse"]
+    there = registry.client(cfg).get_model_version(cfg.registered_model, entry["version"])
+    assert there.tags["train_fingerprint"] == first.manifest.fingerprint
+
+    assert train_job.run(cfg, progress=False).manifest.counts["mlflow"] == entry  # once only
+    assert len(registry.client(cfg).search_model_versions(f"name='{cfg.registered_model}'")) == 1
+    home = train_job.run(config(), progress=False).manifest.counts["mlflow"]
+    assert home == first.manifest.counts["mlflow"]  # the original server keeps its own registration
+    assert [r["tracking_uri"] for r in train_job.registrations(moved)] == [home["tracking_uri"], uri]

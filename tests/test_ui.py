@@ -344,3 +344,18 @@ def test_pages_say_so_when_no_index_is_loaded(site):
             r = client.get(path)
             assert r.status_code == 503 and "run `p4r index`" in r.text
         assert client.get("/ui/plots/metrics_at_k.png").status_code == 404
+
+
+def test_every_link_follows_the_proxy_prefix(site):
+    from fastapi.testclient import TestClient
+
+    from persona4rec.serve.app import create_app
+
+    _, f = site
+    app = create_app(f["cfg"], f["recommender"], manage_watcher=False)
+    with TestClient(app, root_path="/p4r") as client:
+        r = client.get("/p4r/ui/items")
+    assert r.status_code == 200, r.text[:300]
+    hrefs = re.findall(r'(?:href|src)="([^"]+)"', r.text)
+    assert "/p4r/docs" in hrefs and "/p4r/ui/users" in hrefs and "/p4r/ui/static/ui.css" in hrefs
+    assert not [h for h in hrefs if h.startswith("/") and not h.startswith("/p4r/")]

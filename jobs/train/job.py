@@ -6,16 +6,22 @@ interactions). The output version holds the encoder folder and a manifest with t
 run is named by the stage fingerprint, so a `p4r train` that crashed resumes from its last checkpoint
 when run again. ``encoder.mode=vanilla`` skips training and registers the untuned base model, so that
 it can be compared and promoted like any other version.
+
+An up-to-date version is registered wherever the configuration now tracks models: pointing
+``mlflow.tracking_uri`` (or ``mlflow.registered_model``) somewhere new registers the saved encoder
+there, once, instead of retraining it or leaving the new registry empty.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
+from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 
-from persona4rec.artifacts import Manifest, StageResult, StageStore, Timer, fingerprint, upstream
+from persona4rec.artifacts import Manifest, StageResult, StageStore, Timer, atomic_write, fingerprint, upstream
 from persona4rec.config import Config
 from persona4rec.encoder import data as alignment
 from persona4rec.encoder.fit import fit, settings_from, spec_from
@@ -25,6 +31,7 @@ from persona4rec.texts import TEXTS_VERSION
 
 STAGE = "train"
 VERSION = 1
+REGISTRATIONS = "registrations.json"  # registrations made after publishing, beside the manifest
 
 TrainResult = StageResult
 
@@ -64,6 +71,7 @@ def run(cfg: Config, *, force: bool = False, progress: bool = True) -> TrainResu
     fp = fingerprint(STAGE, VERSION, scfg, inputs)
     store = StageStore(cfg.artifacts_root / STAGE)
     if not force and (reused := store.reuse(fp)) is not None:
+        ensure_registered(cfg, reused)
         return reused
 
     timer = Timer()
@@ -105,32 +113,62 @@ def run(cfg: Config, *, force: bool = False, progress: bool = True) -> TrainResu
             "history": result.history,
         }
         with timer("mlflow"):
-            from persona4rec.infra import mlflow as registry
-
-            ref = registry.log_training(
-                cfg,
-                encoder_dir=encoder_dir,
-                params={"stage": scfg, "fingerprint": fp},
-                tags={
-                    "run_name": f"{cfg.encoder.mode}-{fp[:8]}",
-                    "dataset": cfg.dataset,
-                    "mode": cfg.encoder.mode,
-                    "texts_version": TEXTS_VERSION,
-                    "train_fingerprint": fp,
-                    **{f"input.{i['stage']}": i["sha256"] for i in inputs},
-                },
-                history=result.history,
-                metrics=result.metrics,
-            )
-        manifest.counts["mlflow"] = {
-            "model": ref.name,
-            "version": ref.version,
-            "run_id": ref.run_id,
-            "tracking_uri": cfg.tracking_uri,
-        }
+            ref = _register(cfg, encoder_dir, scfg, fp, inputs, result.history, result.metrics)
+        manifest.counts["mlflow"] = _registration(cfg, ref)
         manifest.record(timer)
         manifest.write(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return TrainResult(store.publish(tmp, fp), manifest, skipped=False)
+
+
+def _register(cfg: Config, encoder_dir: Path, scfg: dict, fp: str, inputs: list[dict], history, metrics):
+    from persona4rec.infra import mlflow as registry
+
+    return registry.log_training(
+        cfg,
+        encoder_dir=encoder_dir,
+        params={"stage": scfg, "fingerprint": fp},
+        tags={
+            "run_name": f"{cfg.encoder.mode}-{fp[:8]}",
+            "dataset": cfg.dataset,
+            "mode": cfg.encoder.mode,
+            "texts_version": TEXTS_VERSION,
+            "train_fingerprint": fp,
+            **{f"input.{i['stage']}": i["sha256"] for i in inputs},
+        },
+        history=history,
+        metrics=metrics,
+    )
+
+
+def _registration(cfg: Config, ref: Any) -> dict[str, str]:
+    return {"model": ref.name, "version": ref.version, "run_id": ref.run_id, "tracking_uri": cfg.tracking_uri}
+
+
+def registrations(result: TrainResult) -> list[dict[str, str]]:
+    """Where this version is registered: the first registration, then any made when it was reused."""
+    path = result.folder / REGISTRATIONS
+    later = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
+    return [Manifest.read(result.folder).counts["mlflow"], *later]
+
+
+def ensure_registered(cfg: Config, result: TrainResult) -> dict[str, str]:
+    """This version's registration at the configured tracking server and model name, made if missing.
+
+    The reused result's ``counts["mlflow"]`` is set to it (in memory), so callers report the version
+    that the current registry holds.
+    """
+    known = registrations(result)
+    for entry in known:
+        if entry.get("tracking_uri") == cfg.tracking_uri and entry.get("model") == cfg.registered_model:
+            result.manifest.counts["mlflow"] = entry
+            return entry
+    m = result.manifest
+    ref = _register(cfg, result.folder / "encoder", m.stage_config, m.fingerprint, m.inputs,
+                    m.counts["history"], m.counts["validation"])  # fmt: skip
+    entry = {**_registration(cfg, ref), "registered_on_reuse": True}
+    atomic_write(result.folder / REGISTRATIONS, json.dumps([*known[1:], entry], indent=2) + "\n")
+    m.counts["mlflow"] = entry
+    return entry
