@@ -206,16 +206,17 @@ def stage_costs(run: Run) -> list[str]:
 
 
 def llm_seconds(cache_dirs: list[Path], subjects: set[str] | None = None) -> tuple[float, int]:
-    """Measured LLM wall seconds (each batch's wall shared among its answers) and answers, from caches."""
-    total, n = 0.0, 0
+    """Measured LLM wall seconds (each batch's wall shared among its answers) and answers, from caches.
+
+    An answer is counted once however many of the folders hold it (a seed cache is a copy of parts).
+    """
+    seen: dict[str, float] = {}
     for folder in cache_dirs:
         for part in sorted(folder.glob("part-*.parquet")):
-            t = pq.read_table(part, columns=["subject", "seconds"]).to_pylist()
-            for row in t:
+            for row in pq.read_table(part, columns=["key", "subject", "seconds"]).to_pylist():
                 if subjects is None or row["subject"] in subjects:
-                    total += row["seconds"] or 0.0
-                    n += 1
-    return total, n
+                    seen.setdefault(row["key"], row["seconds"] or 0.0)
+    return sum(seen.values()), len(seen)
 
 
 def _status(res: StageResult, items: set[str] | None = None) -> list[dict[str, Any]]:
@@ -273,9 +274,8 @@ def compare_modes(run: Run, paper: Run, items: set[str], seed: int = 0) -> list[
     the recency-weighted mean of the user's earlier reviews, as item title plus the user's own words,
     so that neither mode's summaries leak into it. Same users, same items, same embedder for both modes.
     """
-    from persona4rec.encoder.model import Encoder
     from persona4rec.encoder.profile import profiles
-    from persona4rec.texts import TEXTS_VERSION, interaction_text
+    from persona4rec.texts import interaction_text
 
     eff_status = _status(run.stages["reason"], items)
     pap_status = _status(paper.stages["reason"], items)
@@ -288,10 +288,10 @@ def compare_modes(run: Run, paper: Run, items: set[str], seed: int = 0) -> list[
     lines.append(mode_cost("paper (reason only)", pap_status, len(pap_rows), llm_seconds(pap_cache)))
     lines.append("")
 
+    from persona4rec.ray_actors.embedder import load_embedder
+
     cfg, p = run.cfg, run.cfg.encoder.profile
-    dim = int(run.manifest("embed").counts["dim"])
-    enc = Encoder.vanilla(cfg.embed.model, dim=dim, max_length=cfg.embed.max_length, history=p.history,
-                          gamma=p.gamma, texts_version=TEXTS_VERSION)  # fmt: skip
+    embed = load_embedder(cfg.embed.model, max_length=cfg.embed.max_length)
     prepared = run.stages["prepare"]
     titles = {
         r["item_id"]: r["title"]
@@ -318,17 +318,19 @@ def compare_modes(run: Run, paper: Run, items: set[str], seed: int = 0) -> list[
             shown = earlier[-p.history :]
             cases.append((test[0]["item_id"], {r["item_id"] for r in earlier}, len(hist_texts), len(shown)))
             hist_texts += [text_of[r["review_id"]] for r in shown]
-    hist_vecs = enc.encode(hist_texts)
-    prof = np.stack([
-        profiles(hist_vecs[lo : lo + n], np.arange(n)[None, :], np.array([n]), p.gamma)[0] for _, _, lo, n in cases
-    ]) if cases else np.zeros((0, dim), np.float32)  # fmt: skip
+    if not cases:
+        return [*lines, f"No test user's held-out item is one of these {len(items)} items: no ranking check."]
+    hist_vecs = embed(hist_texts)
+    prof = np.stack(
+        [profiles(hist_vecs[lo : lo + n], np.arange(n)[None, :], np.array([n]), p.gamma)[0] for _, _, lo, n in cases]
+    )
 
     order = sorted(items)
     col = {i: k for k, i in enumerate(order)}
     stats, per_user = {}, {}
     for label, reasoned in (("efficient", run.stages["reason"]), ("paper", paper.stages["reason"])):
         owners, texts = persona_texts(reasoned, items, titles)
-        vecs = enc.encode(texts)
+        vecs = embed(texts)
         owner = np.array([col[i] for i in owners], dtype=np.int64)
         within = []
         for k in range(len(order)):
@@ -462,6 +464,15 @@ def speed(run: Run) -> list[str]:
     ]
 
 
+def _paper_run(args: argparse.Namespace) -> Run:
+    """The paper-mode reasoning over the first ``--paper-items`` items, under ``--paper-artifacts``."""
+    seeds = f"[{args.paper_seed_cache}]" if args.paper_seed_cache else "[]"
+    overrides = [*args.overrides, f"paths.artifacts={args.paper_artifacts}", "reason.mode=paper",
+                 f"reason.limit_items={args.paper_items}", f"reason.seed_caches={seeds}"]  # fmt: skip
+    pcfg = load_config(overrides, experiment=args.config, dataset=args.dataset).config
+    return locate_run(pcfg, ("prepare", "reason"))
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -472,14 +483,32 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("overrides", nargs="*", help="KEY=VALUE overrides, as for p4r")
     ap.add_argument("--paper-artifacts", help="paths.artifacts of the paper-mode run over the first --paper-items")
     ap.add_argument("--paper-items", type=int, default=96, help="reason.limit_items of that run (default %(default)s)")
+    ap.add_argument("--paper-seed-cache", help="reason.seed_caches of that run (its committed answers), if any")
     ap.add_argument("--explanations", type=int, default=10, help="users shown with their explanation (default 10)")
+    ap.add_argument(
+        "--modes-only", action="store_true",
+        help="write only modes.md, the efficient/paper comparison, from the two reason stages run with "
+        "reason.limit_items=--paper-items (before the whole catalogue is reasoned)",
+    )  # fmt: skip
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", required=True, type=Path, help="folder for report.md, evaluation.md, plots/")
     args = ap.parse_args(argv)
 
     cfg = load_config(args.overrides, experiment=args.config, dataset=args.dataset).config
-    run = locate_run(cfg)
     out: Path = args.out
+    if args.modes_only:
+        if not args.paper_artifacts:
+            ap.error("--modes-only compares with the paper-mode run: give --paper-artifacts")
+        subset = load_config([*args.overrides, f"reason.limit_items={args.paper_items}"], experiment=args.config,
+                             dataset=args.dataset).config  # fmt: skip
+        run, paper = locate_run(subset, ("prepare", "reason")), _paper_run(args)
+        out.mkdir(parents=True, exist_ok=True)
+        items = {s["item_id"] for s in _status(paper.stages["reason"])}
+        lines = [f"# Efficient vs paper mode on the first {len(items)} items", "", *compare_modes(run, paper, items)]
+        (out / "modes.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        print("\n".join(lines))
+        return
+    run = locate_run(cfg)
     (out / "plots").mkdir(parents=True, exist_ok=True)
     ev = run.stages["evaluate"]
     shutil.copyfile(ev.folder / "report.md", out / "evaluation.md")
@@ -524,12 +553,7 @@ def main(argv: list[str] | None = None) -> None:
         "",
     ]
     if args.paper_artifacts:
-        pcfg = load_config(
-            [*args.overrides, f"paths.artifacts={args.paper_artifacts}", "reason.mode=paper",
-             f"reason.limit_items={args.paper_items}"],
-            experiment=args.config, dataset=args.dataset,
-        ).config  # fmt: skip
-        paper = locate_run(pcfg, ("prepare", "reason"))
+        paper = _paper_run(args)
         subset = {s["item_id"] for s in _status(paper.stages["reason"])}
         report += [f"## Efficient vs paper mode on the first {len(subset)} items", ""]
         report += compare_modes(run, paper, subset, args.seed)

@@ -1,0 +1,38 @@
+"""benchmarks/seed_cache.py: a run's answers go into a committed seed folder once, whatever its part files."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from persona4rec.reasoning.cache import ResultCache
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "seed_cache.py"
+spec = importlib.util.spec_from_file_location("seed_cache", SCRIPT)
+seed_cache = importlib.util.module_from_spec(spec)
+sys.modules["seed_cache"] = seed_cache
+spec.loader.exec_module(seed_cache)
+
+
+def _row(key: str, status: str = "ok") -> dict:
+    return {"key": key, "subject": f"item-{key}", "status": status, "payload": "{}" if status == "ok" else None,
+            "error": None if status == "ok" else "cut_field: x", "attempts": 1, "calls": 1, "prompt_tokens": 10,
+            "completion_tokens": 5, "seconds": 1.5, "model": "m", "engine": "e"}  # fmt: skip
+
+
+def test_only_new_answers_are_added_once_even_after_the_run_compacts(tmp_path, capsys):
+    run, seed = ResultCache(tmp_path / "run"), tmp_path / "seed"
+    run.append([_row("a"), _row("b", "failed")])
+    seed_cache.main([str(run.folder), str(seed)])
+    assert "added 2 answers" in capsys.readouterr().out
+    run.append([_row("c")])
+    run.compact(min_parts=1)  # the run folds its parts into one new part holding a, b and c again
+    assert len(run.parts()) == 1
+    assert seed_cache.export(run.folder, seed)[0] == 1
+    assert seed_cache.export(run.folder, seed)[0] == 0
+    rows = ResultCache(seed).load()
+    assert sorted(rows) == ["a", "b", "c"] and rows["b"]["status"] == "failed"
+    assert sum(pq.read_metadata(p).num_rows for p in ResultCache(seed).parts()) == 3  # no duplicates on disk
