@@ -111,6 +111,31 @@ def test_tiny_max_tokens_is_truncated(engine: Engine) -> None:
         c.json()
 
 
+NULLABLE = {
+    "type": "object",
+    "properties": {k: {"anyOf": [{"type": "string", "maxLength": 40}, {"type": "null"}]} for k in ("fruit", "colour")},
+    "required": ["fruit", "colour"],
+    "additionalProperties": False,
+}
+
+
+@pytest.mark.slow
+def test_vllm_writes_nullable_schemas_with_one_space_after_separators_and_others_compact(vllm_engine) -> None:
+    from persona4rec.ray_actors.engines.vllm_engine import allows_null
+
+    assert allows_null(NULLABLE) and not allows_null(SCHEMA)
+    user = {"role": "user", "content": "A banana is yellow. Give its fruit name and colour as JSON."}
+    spaced, compact = vllm_engine.complete([
+        ChatRequest(key="n", messages=(SYSTEM, user), schema=NULLABLE, max_tokens=40),
+        ask("c", "Name a fruit and how many seeds it has."),
+    ])  # fmt: skip
+    assert spaced.error is None and spaced.finish_reason == "stop", spaced
+    assert set(spaced.json()) == {"fruit", "colour"}
+    assert spaced.text.startswith('{"fruit": ') and ', "colour": ' in spaced.text, spaced.text
+    assert_valid(compact)
+    assert '": ' not in compact.text and ", " not in compact.text.replace(compact.json()["name"], "")
+
+
 # ------------------------------------------------------------------------------------------ HTTP engine
 
 

