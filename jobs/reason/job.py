@@ -33,7 +33,7 @@ from persona4rec.reasoning.prompts import PromptSet, load_prompts
 from persona4rec.reasoning.units import Unit, aspects_unit, persona_unit, personas_from_aspects_unit, summary_unit
 
 STAGE = "reason"
-VERSION = 1
+VERSION = 2  # 2: paper-mode aspect answers decoded with spaced JSON on vLLM (see the vLLM engine)
 TABLES = ("summaries", "personas", "item_status", "aspects")
 
 
