@@ -193,7 +193,7 @@ def _wall(m) -> float:
 
 
 def _peak(m) -> str:
-    return f"{max(m.peak_rss_mb.values()) / 1024:.1f}" if getattr(m, "peak_rss_mb", None) else "not recorded"
+    return f"{max(m.peak_rss_mb.values()) / 1024:.1f}" if m.peak_rss_mb else "not recorded"
 
 
 def stage_costs(run: Run) -> list[str]:

@@ -150,6 +150,16 @@ def test_aspect_filter_drops_tuples_with_every_slot_null():
     assert answers.aspects_kept(one)
 
 
+def test_aspect_slots_are_phrases_and_only_a_cut_one_fails():
+    slots = {k: None for k in answers.aspect_schema(50)["properties"]}
+    got = answers.parse_aspects(dict(slots, category_preference="vocals", quality_criteria_reason="says it hums"), 50)
+    assert got["category_preference"] == "vocals" and got["quality_criteria_reason"] == "says it hums"
+    with pytest.raises(AnswerError, match="cut_field"):
+        answers.parse_aspects(dict(slots, usage_context="live gigs,"), 50)
+    with pytest.raises(AnswerError, match="cut_field"):
+        answers.parse_aspects(dict(slots, usage_context="x" * 50), 50)
+
+
 def test_judge_must_choose_an_offered_option():
     assert answers.parse_judge({"reasoning": "Fits the history.", "persona": 2}, 3, 200) == (2, "Fits the history.")
     with pytest.raises(AnswerError, match="unknown_option"):

@@ -192,8 +192,8 @@ def parse_aspects(data: Any, text_chars: int) -> dict[str, str | None]:
             value = data.get(key)
             if value is None or (isinstance(value, str) and value.strip().lower() in ("", "null", "none", "n/a")):
                 out[key] = None
-            elif isinstance(value, str):
-                out[key] = _field(data, key, text_chars, "answer")
+            elif isinstance(value, str):  # short phrases, not sentences: only a cut or dangling end fails
+                out[key] = _field(data, key, text_chars, "answer", prose=False)
             else:
                 raise AnswerError("schema", f"answer.{key} must be a string or null")
     return out
