@@ -18,14 +18,19 @@ from pathlib import Path
 from persona4rec.reasoning.cache import ResultCache
 
 
-def export(source: Path, seed: Path) -> tuple[int, Counter]:
+def export(source: Path, seed: Path, since: str | None = None) -> tuple[int, Counter]:
     """Append to ``seed`` the rows of ``source`` whose keys it lacks, failed answers included (a later run
-    keeps them as failed, as the run that made them did, unless it is asked to retry them)."""
+    keeps them as failed, as the run that made them did, unless it is asked to retry them). ``since``
+    (an ISO time) leaves out older answers, e.g. ones whose keys a code change has retired."""
     if not source.is_dir():
         raise SystemExit(f"{source}: no such cache folder")
     seed.mkdir(parents=True, exist_ok=True)
     have = ResultCache(seed).load()
-    new = [r for k, r in ResultCache(source).load().items() if k not in have]
+    new = [
+        r
+        for k, r in ResultCache(source).load().items()
+        if k not in have and (since is None or r["created_at"] >= since)
+    ]
     ResultCache(seed).append(new)
     return len(new), Counter(r["status"] for r in new)
 
@@ -34,8 +39,9 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("source", type=Path, help="a run's cache folder (<artifacts>/<dataset>/reason/cache)")
     ap.add_argument("seed", type=Path, help="the committed seed folder to extend")
+    ap.add_argument("--since", help="only answers created at or after this ISO time (UTC), e.g. 2026-11-27T03:41")
     args = ap.parse_args(argv)
-    n, by_status = export(args.source, args.seed)
+    n, by_status = export(args.source, args.seed, args.since)
     print(f"added {n} answers to {args.seed} ({', '.join(f'{v} {k}' for k, v in by_status.items()) or 'nothing new'})")
 
 

@@ -36,3 +36,11 @@ def test_only_new_answers_are_added_once_even_after_the_run_compacts(tmp_path, c
     rows = ResultCache(seed).load()
     assert sorted(rows) == ["a", "b", "c"] and rows["b"]["status"] == "failed"
     assert sum(pq.read_metadata(p).num_rows for p in ResultCache(seed).parts()) == 3  # no duplicates on disk
+
+
+def test_since_leaves_out_older_answers(tmp_path):
+    run = ResultCache(tmp_path / "run")
+    run.append([{**_row("old"), "created_at": "2026-01-01T00:00:00+00:00"}])
+    run.append([{**_row("new"), "created_at": "2026-02-01T00:00:00+00:00"}])
+    assert seed_cache.export(run.folder, tmp_path / "seed", since="2026-01-15")[0] == 1
+    assert list(ResultCache(tmp_path / "seed").load()) == ["new"]
