@@ -19,3 +19,7 @@ class SchemaError(Persona4RecError):
 
 class StageUnavailable(Persona4RecError):
     """A pipeline stage that has not been built yet."""
+
+
+class WorkerLost(Persona4RecError):
+    """A worker died mid-stage (out of memory, killed). Finished work is saved; the same command resumes."""

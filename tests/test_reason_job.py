@@ -299,3 +299,24 @@ def test_killed_run_resumes_without_redoing_or_losing_work(
     for key, row in done_before.items():  # finished work was kept, not recomputed
         assert after[key]["created_at"] == row["created_at"] and after[key]["payload"] == row["payload"]
     assert t["item_status"].cache_key.is_unique
+
+
+def test_a_lost_actor_is_one_clear_error_after_the_finished_batches_are_kept():
+    """Ray's OutOfMemoryError (or a dead actor) mid-run becomes WorkerLost, saying how to resume; the
+    batches that came back before it were handed on (and so cached) first."""
+    from ray.exceptions import OutOfMemoryError
+
+    from persona4rec.errors import WorkerLost
+    from persona4rec.jobs.reason.pool import RayPool
+
+    class Pool:
+        def map_unordered(self, fn, work):
+            yield {"first": "rows"}
+            raise OutOfMemoryError("1 worker(s) were killed due to the node running low on memory.\ndetails")
+
+    pool = RayPool.__new__(RayPool)  # no actors: only the pool's error handling is under test
+    pool.pool, pool.batch_size = Pool(), 2
+    kept = []
+    with pytest.raises(WorkerLost, match=r"OutOfMemoryError: 1 worker\(s\) were killed.*run the same command") as err:
+        pool.run(["u1", "u2", "u3"], 3, kept.append)
+    assert kept == [{"first": "rows"}] and "details" not in str(err.value) and "batch_size" in str(err.value)

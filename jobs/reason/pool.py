@@ -17,6 +17,7 @@ from typing import Any
 from tqdm import tqdm
 
 from persona4rec.config import Config
+from persona4rec.errors import WorkerLost
 from persona4rec.ray_actors.reasoner import Reasoner
 from persona4rec.reasoning.cache import ResultCache
 from persona4rec.reasoning.units import Unit
@@ -67,9 +68,23 @@ class RayPool:
         return {**self._info, "actors": len(self.actors)}
 
     def run(self, units: Sequence[Unit], max_attempts: int, on_rows: Callable[[Rows], None]) -> None:
+        from ray.exceptions import OutOfMemoryError, RayActorError
+
         work = list(batches(units, self.batch_size))
-        for rows in self.pool.map_unordered(lambda actor, b: actor.solve.remote(b, max_attempts), work):
-            on_rows(rows)
+        try:
+            for rows in self.pool.map_unordered(lambda actor, b: actor.solve.remote(b, max_attempts), work):
+                on_rows(rows)
+        except (OutOfMemoryError, RayActorError) as exc:
+            why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            hint = (
+                " Free memory, or lower reason.actors.batch_size or llm.vllm.cpu_kv_cache_gib."
+                if isinstance(exc, OutOfMemoryError)
+                else ""
+            )
+            raise WorkerLost(
+                f"a Reasoner actor was lost mid-batch ({type(exc).__name__}: {why}). Every finished batch is in "
+                f"the result cache: run the same command again to resume.{hint}"
+            ) from exc
 
     def close(self) -> None:
         import ray
