@@ -120,10 +120,9 @@ def quality(run: Run) -> tuple[list[str], list[dict[str, Any]]]:
     """The headline table: HR@10 and NDCG@10 with intervals, p-values and gains, tail items, the paper's gains."""
     rows = _metric_rows(run)
     rerankers = [r for r in run.cfg.evaluate.rerankers if r != "llm_listwise"]
-    alpha = run.cfg.evaluate.alpha
+    alpha, ci = run.cfg.evaluate.alpha, f"{run.cfg.evaluate.confidence:.0%} CI"
     lines = [
-        f"| generator | reranker | HR@{K} [95% CI] | gain | p | NDCG@{K} [95% CI] | gain | p "
-        f"| tail-item HR@{K} | gain |",
+        f"| generator | reranker | HR@{K} [{ci}] | gain | p | NDCG@{K} [{ci}] | gain | p | tail-item HR@{K} | gain |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     table = []
@@ -352,25 +351,27 @@ def compare_modes(run: Run, paper: Run, items: set[str], seed: int = 0) -> list[
             ndcgs.append(1.0 / np.log2(rank + 2) if rank < K else 0.0)
         per_user[label] = (np.array(hits), np.array(ndcgs))
         stats[label] = (len(vecs), float(np.mean(within)) if within else float("nan"))
-    resamples = metrics.bootstrap_indices(len(cases), 1000, seed)
+    ev = cfg.evaluate  # the evaluation's own interval and test settings
+    resamples = metrics.bootstrap_indices(len(cases), ev.bootstrap, seed)
     lines += [
         f"Ranking check: {len(cases)} test users whose held-out item is one of these {len(order)} items, ranked "
         f"among them (earlier items left out); chance HR@{K} ≈ {K / len(order):.3f}. An item without personas "
         "ranks last.",
         "",
-        f"| mode | personas | mean cosine between an item's personas | HR@{K} [95% CI] | NDCG@{K} [95% CI] |",
+        f"| mode | personas | mean cosine between an item's personas | HR@{K} [{ev.confidence:.0%} CI] "
+        f"| NDCG@{K} [{ev.confidence:.0%} CI] |",
         "|---|---|---|---|---|",
     ]
     for label in ("efficient", "paper"):
         hr, nd = per_user[label]
-        lo, hi = metrics.bootstrap_ci(hr, resamples, 0.95)
-        nlo, nhi = metrics.bootstrap_ci(nd, resamples, 0.95)
+        lo, hi = metrics.bootstrap_ci(hr, resamples, ev.confidence)
+        nlo, nhi = metrics.bootstrap_ci(nd, resamples, ev.confidence)
         lines.append(
             f"| {label} | {stats[label][0]} | {stats[label][1]:.3f} | {hr.mean():.4f} [{lo:.4f}, {hi:.4f}] "
             f"| {nd.mean():.4f} [{nlo:.4f}, {nhi:.4f}] |"
         )
-    p_hr = metrics.paired_p_value(per_user["paper"][0], per_user["efficient"][0], 1000, seed)
-    p_nd = metrics.paired_p_value(per_user["paper"][1], per_user["efficient"][1], 1000, seed)
+    p_hr = metrics.paired_p_value(per_user["paper"][0], per_user["efficient"][0], ev.permutations, seed)
+    p_nd = metrics.paired_p_value(per_user["paper"][1], per_user["efficient"][1], ev.permutations, seed)
     lines += ["", f"Paired randomization test, paper vs efficient: HR@{K} p = {p_hr:.3f}, NDCG@{K} p = {p_nd:.3f}."]
     return lines
 
@@ -409,13 +410,16 @@ def explanations(run: Run, n: int, seed: int, generator: str = "lightgcn") -> li
         "the held-out item, as in the evaluation.",
         "",
     ]
+    indexed = set(scorer.table.item_ids.tolist())
     for k, c in enumerate(chosen, 1):
         user = c["user_id"]
-        known = [i for i in c["items"] if i in set(scorer.table.item_ids.tolist())]
+        known = [i for i in c["items"] if i in indexed]
         ranked = rerank(scorer.table, scorer.profiles_test[user], known)
         top = ranked[0]
         e = top.explanation
-        target_rank = ranked.item_ids.index(c["target"]) + 1 if c["target"] in ranked.item_ids else None
+        target_rank = (
+            ranked.item_ids.index(c["target"]) + 1 if c["target"] in ranked.item_ids else "unranked (not indexed)"
+        )
         earlier = [h for h in history[user] if h["split"] != "test"][-3:]
         out += [f"### {k}. user `{user}`", "", "Latest earlier reviews:", ""]
         for h in earlier:

@@ -119,13 +119,11 @@ class VLLMEngine(Engine):
 
     def _sampling_params(self, req: ChatRequest, n_prompt: int) -> SamplingParams:
         structured = None
-        if req.schema is not None:
-            text = json.dumps(req.schema)  # property order is the order the model writes them in
-            structured = (
-                StructuredOutputsParams(grammar=spaced_json_grammar(text))
-                if allows_null(req.schema)
-                else StructuredOutputsParams(json=req.schema)
-            )
+        if req.schema is not None and allows_null(req.schema):
+            # json.dumps keeps the property order: the order the model writes them in
+            structured = StructuredOutputsParams(grammar=spaced_json_grammar(json.dumps(req.schema)))
+        elif req.schema is not None:
+            structured = StructuredOutputsParams(json=req.schema)
         return SamplingParams(
             temperature=req.temperature,
             max_tokens=max(1, min(req.max_tokens, self.max_model_len - n_prompt)),
