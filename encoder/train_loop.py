@@ -71,7 +71,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         losses = []
         for lo in range(0, len(shard), s["batch_size"]):
             batch = data.train.take(shard[lo : lo + s["batch_size"]])
-            loss = _loss(model, spec, data, batch, s, world, rank, device)
+            loss = batch_loss(model, spec, data, batch, s, world, rank, device)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -154,7 +154,13 @@ def encode_batch(
     return out[: len(interactions)], out[len(interactions) :]
 
 
-def _loss(model, spec: EncoderSpec, data: AlignmentData, batch: Examples, s, world: int, rank: int, device):
+def batch_loss(model, spec: EncoderSpec, data: AlignmentData, batch: Examples, s, world: int, rank: int, device):
+    """InfoNCE of one batch: recency-weighted history profiles against their positive personas.
+
+    Every worker's personas are gathered as negatives when ``world > 1``; in-batch negatives that share
+    a key named in ``s["mask"]`` with the positive are masked. The training step's hot path
+    (``benchmarks/encoder_step.py`` times it alone).
+    """
     flat, inverse = np.unique(batch.history[batch.history >= 0], return_inverse=True)
     inter, pers = encode_batch(model, spec, data, flat, batch.positive)
     weights = torch.from_numpy(history_weights(batch.lengths, batch.history.shape[1], spec.gamma)).to(device)
