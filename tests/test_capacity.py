@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "capacity.py"
-spec = importlib.util.spec_from_file_location("capacity", SCRIPT)
-capacity = importlib.util.module_from_spec(spec)
-sys.modules["capacity"] = capacity  # dataclasses look their module up
-spec.loader.exec_module(capacity)
+from tests.conftest import benchmark_script
+
+capacity = benchmark_script("capacity")
 
 
 def table(*argv: str) -> dict[str, str]:

