@@ -101,6 +101,8 @@ def test_efficient_mode_on_vllm_then_a_rerun_costs_nothing(mi_config, vllm_engin
     assert counts["llm_calls"] == int(t["item_status"].calls.sum()) >= 3
     assert counts["spent_this_run"]["personas"]["units"] == 3
     assert counts["prompt_tokens"] > 0 and counts["completion_tokens"] > 0
+    assert (t["item_status"].llm_seconds > 0).all()
+    assert counts["llm_seconds"] == pytest.approx(t["item_status"].llm_seconds.sum(), abs=0.05)
     assert (t["summaries"].source == "reviews").all()  # this catalogue has no metadata
 
     assert reason_job.run(cfg, engine=vllm_engine, embed=embed, progress=False).skipped

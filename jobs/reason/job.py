@@ -33,7 +33,7 @@ from persona4rec.reasoning.prompts import PromptSet, load_prompts
 from persona4rec.reasoning.units import Unit, aspects_unit, persona_unit, personas_from_aspects_unit, summary_unit
 
 STAGE = "reason"
-VERSION = 2  # 2: paper-mode aspect answers decoded with spaced JSON on vLLM (see the vLLM engine)
+VERSION = 3  # 2: paper-mode aspect answers decoded with spaced JSON on vLLM (see the vLLM engine); 3: llm_seconds
 TABLES = ("summaries", "personas", "item_status", "aspects")
 
 
@@ -129,6 +129,7 @@ def _status(item_id: str, **values: Any) -> dict[str, Any]:
         "calls": 0,
         "prompt_tokens": 0,
         "completion_tokens": 0,
+        "llm_seconds": 0.0,
         "cache_key": "",
     }
     row.update(values)
@@ -139,6 +140,7 @@ def _add_cost(status: dict[str, Any], row: dict[str, Any] | None) -> None:
     if row is not None:
         for k in ("calls", "prompt_tokens", "completion_tokens"):
             status[k] += row[k]
+        status["llm_seconds"] += row["seconds"] or 0.0
 
 
 def _persona_rows(item_id: str, key: str, payload: dict, prompts: PromptSet, model: str) -> list[dict[str, Any]]:
@@ -291,6 +293,8 @@ def _counts(status: list[dict[str, Any]], personas: list[dict[str, Any]]) -> dic
         "prompt_tokens": sum(s["prompt_tokens"] for s in status),
         "completion_tokens": sum(s["completion_tokens"] for s in status),
         "tokens_per_item": round(sum(s["prompt_tokens"] + s["completion_tokens"] for s in status) / n, 1),
+        "llm_seconds": round(sum(s["llm_seconds"] for s in status), 1),
+        "llm_seconds_per_item": round(sum(s["llm_seconds"] for s in status) / n, 2),
     }
 
 
