@@ -162,12 +162,15 @@ def test_bad_answers_of_every_kind_end_in_the_status_table_and_manifest(mi_confi
         "rationale": "R1 praises it.",
         "evidence": [1],
     }
+    learner = {"name": "Home Learner", "description": "Practises at home.", "rationale": "R2 says so.", "evidence": [2]}
     scripts = [
         '{"summary": "A stand.", "personas": [',  # invalid JSON
         json.dumps({"summary": "A stand.", "personas": [good, {**good, "evidence": [9]}]}),  # unknown review
         json.dumps({"summary": "A stand.", "personas": [good] * 8}),  # too many personas
         json.dumps({"summary": "A stand.", "personas": [good, {**good, "description": ""}]}),  # empty field
         json.dumps({"summary": "A stand.", "personas": [good, {**good, "name": "Home Learner", "evidence": [2]}]}),
+        # a persona cut by a stray double quote is dropped; the two sound ones are kept
+        json.dumps({"summary": "A stand.", "personas": [good, {**good, "rationale": "Needs a 1/4"}, learner]}),
     ]
     order: dict[str, int] = {}
 
@@ -175,18 +178,21 @@ def test_bad_answers_of_every_kind_end_in_the_status_table_and_manifest(mi_confi
         return scripts[order.setdefault(request.key, len(order))]
 
     engine = ScriptedEngine(answer)
-    cfg = mi_config(EMBEDDER, "reason.limit_items=5", "reason.max_attempts=2")
+    cfg = mi_config(EMBEDDER, "reason.limit_items=6", "reason.max_attempts=2")
     result = reason_job.run(cfg, engine=engine, embed=embed, progress=False)
-    t = _check_contracts(result, 5)
+    t = _check_contracts(result, 6)
     reasons = t["item_status"].reason.fillna("ok").str.split(":").str[0].tolist()
-    assert reasons == ["invalid_json", "unknown_evidence", "persona_count", "schema", "ok"]
+    assert reasons == ["invalid_json", "unknown_evidence", "persona_count", "schema", "ok", "ok"]
+    cut = "dropped: cut_field: personas[2].rationale ends mid-phrase: 'Needs a 1/4'"
+    assert t["item_status"].notes.tolist()[-2:] == [None, cut]
+    assert t["item_status"].n_personas.tolist()[-1] == 2 and result.manifest.counts["personas_dropped_cut"] == 1
     assert result.manifest.counts["failures_by_reason"] == {
         "invalid_json": 1,
         "unknown_evidence": 1,
         "persona_count": 1,
         "schema": 1,
     }
-    assert len(engine.requests) == 4 * 2 + 1  # failures used their whole budget, the good one a single call
+    assert len(engine.requests) == 4 * 2 + 2  # failures used their whole budget, the good ones a single call
     # Failures are cached too: a rerun does not spend calls on them unless asked.
     assert (
         reason_job.run(cfg, engine=engine, embed=embed, force=True, progress=False).manifest.counts["spent_this_run"]
@@ -198,7 +204,7 @@ def test_bad_answers_of_every_kind_end_in_the_status_table_and_manifest(mi_confi
     # A committed cache seeds another run: the same answers, no LLM call, the same version.
     seed = mi_config().artifacts_root.parent.parent / "committed-cache"
     shutil.move(reason_job.cache_dir(cfg), seed)
-    seeded_cfg = mi_config(EMBEDDER, "reason.limit_items=5", "reason.max_attempts=2", f"reason.seed_caches=[{seed}]")
+    seeded_cfg = mi_config(EMBEDDER, "reason.limit_items=6", "reason.max_attempts=2", f"reason.seed_caches=[{seed}]")
     calls = len(engine.requests)
     seeded = reason_job.run(seeded_cfg, engine=engine, embed=embed, force=True, progress=False)
     assert seeded.manifest.counts["spent_this_run"] == {} and len(engine.requests) == calls

@@ -143,6 +143,17 @@ def test_a_capped_field_keeps_its_complete_sentences():
         _parse({"summary": "x.", "personas": [_persona(name="A" * 60), _persona("B")]})
 
 
+def test_a_cut_persona_is_dropped_while_enough_sound_ones_remain():
+    cut = _persona("B", rationale="Wants a cable with a 1/4")  # a stray inch mark closed the string early
+    got = _parse({"summary": "x.", "personas": [_persona("A"), cut, _persona("C")]}, low=2, high=3)
+    assert [p.name for p in got.personas] == ["A", "C"]
+    assert got.notes == ["dropped: cut_field: personas[2].rationale ends mid-phrase: 'Wants a cable with a 1/4'"]
+    with pytest.raises(AnswerError, match=r"cut_field: personas\[2\]"):  # one sound persona is below low=2
+        _parse({"summary": "x.", "personas": [_persona("A"), cut]}, low=2, high=3)
+    with pytest.raises(AnswerError, match="unknown_evidence"):  # other defects still reject the answer
+        _parse({"summary": "x.", "personas": [_persona("A"), cut, _persona("C", (9,))]}, low=2, high=3)
+
+
 def test_aspect_filter_drops_tuples_with_every_slot_null():
     empty = answers.parse_aspects({k: None for k in answers.aspect_schema(50)["properties"]}, 50)
     assert not answers.aspects_kept(empty)

@@ -33,7 +33,9 @@ from persona4rec.reasoning.prompts import PromptSet, load_prompts
 from persona4rec.reasoning.units import Unit, aspects_unit, persona_unit, personas_from_aspects_unit, summary_unit
 
 STAGE = "reason"
-VERSION = 3  # 2: paper-mode aspect answers decoded with spaced JSON on vLLM (see the vLLM engine); 3: llm_seconds
+# 2: paper-mode aspect answers decoded with spaced JSON on vLLM (see the vLLM engine)
+# 3: item_status.llm_seconds and .notes (a cut persona is dropped, not the item)
+VERSION = 3
 TABLES = ("summaries", "personas", "item_status", "aspects")
 
 
@@ -130,6 +132,7 @@ def _status(item_id: str, **values: Any) -> dict[str, Any]:
         "prompt_tokens": 0,
         "completion_tokens": 0,
         "llm_seconds": 0.0,
+        "notes": None,
         "cache_key": "",
     }
     row.update(values)
@@ -141,6 +144,10 @@ def _add_cost(status: dict[str, Any], row: dict[str, Any] | None) -> None:
         for k in ("calls", "prompt_tokens", "completion_tokens"):
             status[k] += row[k]
         status["llm_seconds"] += row["seconds"] or 0.0
+
+
+def _notes(payload: dict) -> str | None:
+    return "; ".join(payload.get("notes", [])) or None
 
 
 def _persona_rows(item_id: str, key: str, payload: dict, prompts: PromptSet, model: str) -> list[dict[str, Any]]:
@@ -185,7 +192,7 @@ def _efficient(cfg: Config, prompts: PromptSet, items: list[dict], samples: dict
             payload = json.loads(row["payload"])
             rows = _persona_rows(iid, unit.key, payload, prompts, row["model"])
             personas += rows
-            st["n_personas"] = len(rows)
+            st.update(n_personas=len(rows), notes=_notes(payload))
             summaries.append({"item_id": iid, "summary": payload["summary"], "source": source})
         else:
             st.update(status="failed", reason=row["error"])
@@ -258,9 +265,10 @@ def _paper(cfg: Config, prompts: PromptSet, items: list[dict], samples: dict[str
             _add_cost(st, row)
             st.update(attempts=row["attempts"], cache_key=unit.key)
             if row["status"] == "ok":
-                rows = _persona_rows(iid, unit.key, json.loads(row["payload"]), prompts, row["model"])
+                payload = json.loads(row["payload"])
+                rows = _persona_rows(iid, unit.key, payload, prompts, row["model"])
                 personas += rows
-                st["n_personas"] = len(rows)
+                st.update(n_personas=len(rows), notes=_notes(payload))
             else:
                 st.update(status="failed", reason=row["error"])
         status.append(st)
@@ -293,6 +301,7 @@ def _counts(status: list[dict[str, Any]], personas: list[dict[str, Any]]) -> dic
         "prompt_tokens": sum(s["prompt_tokens"] for s in status),
         "completion_tokens": sum(s["completion_tokens"] for s in status),
         "tokens_per_item": round(sum(s["prompt_tokens"] + s["completion_tokens"] for s in status) / n, 1),
+        "personas_dropped_cut": sum(str(s["notes"]).count("dropped:") for s in status if s["notes"]),
         "llm_seconds": round(sum(s["llm_seconds"] for s in status), 1),
         "llm_seconds_per_item": round(sum(s["llm_seconds"] for s in status) / n, 2),
     }

@@ -147,36 +147,45 @@ def _object(data: Any, what: str) -> dict:
 def parse_personas(
     data: Any, *, low: int, high: int, n_reviews: int, name_chars: int, text_chars: int, summary: bool
 ) -> PersonaAnswer:
-    """Check a persona answer against what the item allows; returns cleaned personas or raises AnswerError."""
+    """Check a persona answer against what the item allows; returns cleaned personas or raises AnswerError.
+
+    A persona whose text was cut (cap reached, or closed mid-phrase by a stray double quote) is dropped
+    with a note, as long as at least ``low`` sound personas remain: one broken sentence should not cost
+    the item the others. Every other defect rejects the whole answer.
+    """
     data = _object(data, "answer")
     items = data.get("personas")
     if not isinstance(items, list):
         raise AnswerError("schema", "personas is missing or not a list")
     if not low <= len(items) <= high:
         raise AnswerError("persona_count", f"{len(items)} personas; this item allows {low}..{high}")
-    personas = []
+    personas, cuts = [], []
     for n, raw in enumerate(items, start=1):
         raw = _object(raw, f"personas[{n}]")
         where = f"personas[{n}]"
-        name = _ID_PREFIX.sub("", _field(raw, "name", name_chars, where, prose=False)).strip()
-        if not name:
-            raise AnswerError("schema", f"{where}.name holds only an id")
         evidence = raw.get("evidence")
         if not isinstance(evidence, list) or not evidence or not all(type(e) is int for e in evidence):
             raise AnswerError("schema", f"{where}.evidence must be a non-empty list of review numbers")
         unknown = sorted({e for e in evidence if not 1 <= e <= n_reviews})
         if unknown:
             raise AnswerError("unknown_evidence", f"{where} cites R{unknown} but only R1..R{n_reviews} were shown")
-        personas.append(
-            Persona(
-                name=name,
-                description=_field(raw, "description", text_chars, where),
-                rationale=_field(raw, "rationale", text_chars, where),
-                evidence=sorted(set(evidence)),
-            )
-        )
+        try:
+            name = _ID_PREFIX.sub("", _field(raw, "name", name_chars, where, prose=False)).strip()
+            description = _field(raw, "description", text_chars, where)
+            rationale = _field(raw, "rationale", text_chars, where)
+        except AnswerError as exc:
+            if exc.code != "cut_field":
+                raise
+            cuts.append(exc)
+            continue
+        if not name:
+            raise AnswerError("schema", f"{where}.name holds only an id")
+        evidence = sorted(set(evidence))
+        personas.append(Persona(name=name, description=description, rationale=rationale, evidence=evidence))
+    if cuts and len(personas) < low:
+        raise cuts[0]
     text = _field(data, "summary", text_chars, "answer") if summary else None
-    return PersonaAnswer(personas=personas, summary=text)
+    return PersonaAnswer(personas=personas, summary=text, notes=[f"dropped: {c}" for c in cuts])
 
 
 def parse_summary(data: Any, text_chars: int) -> str:

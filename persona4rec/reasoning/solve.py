@@ -125,7 +125,9 @@ def _payload(unit: Unit, value: Any) -> Any:
     """What the cache stores: JSON with review numbers resolved to review ids."""
     if unit.kind in ("personas", "personas_from_aspects"):
         ids = unit.spec["review_ids"]
+        notes = {"notes": value.notes} if value.notes else {}  # e.g. a cut persona dropped
         return {
+            **notes,
             "summary": value.summary,
             "personas": [
                 {
