@@ -20,17 +20,22 @@ from persona4rec.reasoning.cache import ResultCache
 
 def export(source: Path, seed: Path, since: str | None = None) -> tuple[int, Counter]:
     """Append to ``seed`` the rows of ``source`` whose keys it lacks, failed answers included (a later run
-    keeps them as failed, as the run that made them did, unless it is asked to retry them). ``since``
-    (an ISO time) leaves out older answers, e.g. ones whose keys a code change has retired."""
+    keeps them as failed, as the run that made them did, unless it is asked to retry them), and the
+    newer answer to a key the seed holds as failed (a ``--retry-failed`` run's; the later part wins when
+    the seed is read). ``since`` (an ISO time) leaves out older answers, e.g. ones whose keys a code change
+    has retired."""
     if not source.is_dir():
         raise SystemExit(f"{source}: no such cache folder")
     seed.mkdir(parents=True, exist_ok=True)
     have = ResultCache(seed).load()
-    new = [
-        r
-        for k, r in ResultCache(source).load().items()
-        if k not in have and (since is None or r["created_at"] >= since)
-    ]
+
+    def wanted(key: str, row: dict) -> bool:
+        if since is not None and row["created_at"] < since:
+            return False
+        old = have.get(key)
+        return old is None or (old["status"] == "failed" and row["created_at"] > old["created_at"])
+
+    new = [r for k, r in ResultCache(source).load().items() if wanted(k, r)]
     ResultCache(seed).append(new)
     return len(new), Counter(r["status"] for r in new)
 

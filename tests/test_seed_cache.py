@@ -37,3 +37,14 @@ def test_since_leaves_out_older_answers(tmp_path):
     run.append([{**_row("new"), "created_at": "2026-02-01T00:00:00+00:00"}])
     assert seed_cache.export(run.folder, tmp_path / "seed", since="2026-01-15")[0] == 1
     assert list(ResultCache(tmp_path / "seed").load()) == ["new"]
+
+
+def test_a_retried_failure_replaces_the_committed_one(tmp_path):
+    run, seed = ResultCache(tmp_path / "run"), ResultCache(tmp_path / "seed")
+    seed.append([{**_row("a", "failed"), "created_at": "2026-01-01T00:00:00+00:00"}, _row("b")])
+    run.append([{**_row("a"), "created_at": "2026-02-01T00:00:00+00:00"}])  # --retry-failed answered it
+    run.append([{**_row("b", "failed"), "created_at": "2026-02-01T00:00:00+00:00"}])  # an ok answer stays
+    assert seed_cache.export(run.folder, seed.folder)[0] == 1
+    rows = seed.load()
+    assert rows["a"]["status"] == "ok" and rows["b"]["status"] == "ok"
+    assert seed_cache.export(run.folder, seed.folder)[0] == 0
