@@ -220,7 +220,7 @@ ASPECTS = TableSchema(
         _c("status", STR, "'ok' or 'failed'."),
         _c("kept", BOOL, "False when more than 75% of the slots are null (the paper's filter)."),
         _c("aspects_json", STR, "The tuple as JSON (slots and reasons, null where the review says nothing).", True),
-        _c("reason", STR, "For failures: the last rejection.", nullable=True),
+        _c("reason", STR, "For failures: the last rejection; for ok tuples: the slots nulled as cut.", nullable=True),
     ),
 )
 

@@ -155,20 +155,29 @@ def test_a_cut_persona_is_dropped_while_enough_sound_ones_remain():
 
 
 def test_aspect_filter_drops_tuples_with_every_slot_null():
-    empty = answers.parse_aspects({k: None for k in answers.aspect_schema(50)["properties"]}, 50)
+    empty, _ = answers.parse_aspects({k: None for k in answers.aspect_schema(50)["properties"]}, 50)
     assert not answers.aspects_kept(empty)
     one = dict(empty, usage_context="home practice")
     assert answers.aspects_kept(one)
 
 
-def test_aspect_slots_are_phrases_and_only_a_cut_one_fails():
+def test_aspect_slots_are_phrases_and_a_cut_one_is_nulled_with_its_reason():
     slots = {k: None for k in answers.aspect_schema(50)["properties"]}
-    got = answers.parse_aspects(dict(slots, category_preference="vocals", quality_criteria_reason="says it hums"), 50)
+    got, notes = answers.parse_aspects(
+        dict(slots, category_preference="vocals", quality_criteria_reason="says it hums"), 50
+    )
     assert got["category_preference"] == "vocals" and got["quality_criteria_reason"] == "says it hums"
-    with pytest.raises(AnswerError, match="cut_field"):
-        answers.parse_aspects(dict(slots, usage_context="live gigs,"), 50)
-    with pytest.raises(AnswerError, match="cut_field"):
-        answers.parse_aspects(dict(slots, usage_context="x" * 50), 50)
+    assert notes == []
+    got, notes = answers.parse_aspects(
+        dict(slots, category_preference="vocals", usage_context="live gigs", usage_context_reason="the review says "),
+        50,
+    )  # a stray double quote closed the reason early: the slot goes, the tuple stays
+    assert got["category_preference"] == "vocals" and got["usage_context"] is got["usage_context_reason"] is None
+    assert notes == ["nulled usage_context: cut_field: answer.usage_context_reason ends mid-phrase: 'the review says '"]
+    got, notes = answers.parse_aspects(dict(slots, usage_context="x" * 50), 50)
+    assert got["usage_context"] is None and "50-character cap" in notes[0] and not answers.aspects_kept(got)
+    with pytest.raises(AnswerError, match="schema"):
+        answers.parse_aspects(dict(slots, usage_context=3), 50)
 
 
 def test_judge_must_choose_an_offered_option():

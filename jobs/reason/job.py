@@ -34,7 +34,7 @@ from persona4rec.reasoning.units import Unit, aspects_unit, persona_unit, person
 
 STAGE = "reason"
 # 2: paper-mode aspect answers decoded with spaced JSON on vLLM (see the vLLM engine)
-# 3: item_status.llm_seconds and .notes (a cut persona is dropped, not the item)
+# 3: item_status.llm_seconds and .notes (a cut persona is dropped, not the item; a cut aspect slot is nulled)
 VERSION = 3
 TABLES = ("summaries", "personas", "item_status", "aspects")
 
@@ -231,7 +231,7 @@ def _paper(cfg: Config, prompts: PromptSet, items: list[dict], samples: dict[str
                     "status": row["status"],
                     "kept": bool(ok and payload["kept"]),
                     "aspects_json": json.dumps(payload["aspects"], ensure_ascii=False) if ok else None,
-                    "reason": row["error"],
+                    "reason": row["error"] if not ok else _notes(payload),
                 }
             )
             if ok and payload["kept"]:

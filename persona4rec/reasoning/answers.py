@@ -192,20 +192,32 @@ def parse_summary(data: Any, text_chars: int) -> str:
     return _field(_object(data, "answer"), "summary", text_chars, "answer")
 
 
-def parse_aspects(data: Any, text_chars: int) -> dict[str, str | None]:
-    """An aspect tuple with every slot present (null allowed); a non-null slot must be a usable phrase."""
+def parse_aspects(data: Any, text_chars: int) -> tuple[dict[str, str | None], list[str]]:
+    """An aspect tuple with every slot present (null allowed), and notes on what was nulled.
+
+    A non-null slot must be a usable phrase. A slot whose phrase or reason was cut (cap reached, or
+    closed mid-phrase by a stray double quote) is nulled with its reason, and noted, rather than costing
+    the review its whole tuple; the paper's filter (:func:`aspects_kept`) then judges what is left.
+    """
     data = _object(data, "answer")
     out: dict[str, str | None] = {}
+    notes: list[str] = []
     for slot in ASPECT_SLOTS:
-        for key in (slot, f"{slot}_reason"):
-            value = data.get(key)
-            if value is None or (isinstance(value, str) and value.strip().lower() in ("", "null", "none", "n/a")):
-                out[key] = None
-            elif isinstance(value, str):  # short phrases, not sentences: only a cut or dangling end fails
-                out[key] = _field(data, key, text_chars, "answer", prose=False)
-            else:
-                raise AnswerError("schema", f"answer.{key} must be a string or null")
-    return out
+        try:
+            for key in (slot, f"{slot}_reason"):
+                value = data.get(key)
+                if value is None or (isinstance(value, str) and value.strip().lower() in ("", "null", "none", "n/a")):
+                    out[key] = None
+                elif isinstance(value, str):  # short phrases, not sentences: only a cut or dangling end fails
+                    out[key] = _field(data, key, text_chars, "answer", prose=False)
+                else:
+                    raise AnswerError("schema", f"answer.{key} must be a string or null")
+        except AnswerError as exc:
+            if exc.code != "cut_field":
+                raise
+            out[slot] = out[f"{slot}_reason"] = None
+            notes.append(f"nulled {slot}: {exc}")
+    return out, notes
 
 
 def aspects_kept(aspects: dict[str, str | None]) -> bool:

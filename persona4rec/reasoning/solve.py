@@ -125,9 +125,8 @@ def _payload(unit: Unit, value: Any) -> Any:
     """What the cache stores: JSON with review numbers resolved to review ids."""
     if unit.kind in ("personas", "personas_from_aspects"):
         ids = unit.spec["review_ids"]
-        notes = {"notes": value.notes} if value.notes else {}  # e.g. a cut persona dropped
         return {
-            **notes,
+            **({"notes": value.notes} if value.notes else {}),  # e.g. a cut persona dropped
             "summary": value.summary,
             "personas": [
                 {
@@ -143,7 +142,8 @@ def _payload(unit: Unit, value: Any) -> Any:
     if unit.kind == "summary":
         return {"summary": value}
     if unit.kind == "aspects":
-        return {"aspects": value, "kept": answers.aspects_kept(value)}
+        aspects, notes = value
+        return {"aspects": aspects, "kept": answers.aspects_kept(aspects), **({"notes": notes} if notes else {})}
     if unit.kind == "judge":
         choice, reasoning = value
         return {"persona_id": unit.spec["persona_ids"][choice - 1], "choice": choice, "reasoning": reasoning}
