@@ -269,3 +269,15 @@ def test_an_answer_that_stays_invalid_fails_after_the_budget_with_its_reason():
     assert row["status"] == "failed" and row["payload"] is None
     assert row["attempts"] == 2 and len(engine.requests) == 2
     assert row["error"].startswith("unknown_evidence")
+
+
+def test_after_a_cut_field_the_retry_shows_the_reviews_without_double_quotes():
+    unit = _unit(text='Great cable, the 1/4" plug fits and the tone stays "warm".')
+    cut = _answer(_persona("A", (1,)), _persona("B", (2,), rationale="Needs a cable with a 1/4"))
+    engine = ScriptedEngine(lambda req, attempt: cut if attempt == 1 else _answer(_persona("A"), _persona("B")))
+    [row] = solve(engine, [unit], max_attempts=2)
+    assert row["status"] == "ok" and row["attempts"] == 2
+    first, retry = (r.messages[1]["content"] for r in engine.requests)
+    fenced = retry[retry.index("<reviews>") : retry.index("</reviews>")]
+    assert '1/4" plug' in first and "1/4″ plug" in fenced and '"' not in fenced
+    assert retry.replace("″", '"') == first  # only the quotes inside the fence changed

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from functools import cache
 from string import Template
@@ -61,6 +62,18 @@ def load_prompts(version: str) -> PromptSet:
     if missing or doc.get("version") != version:
         raise ConfigError(f"{path}: needs version: {version} and templates {', '.join(missing) or '(ok)'}")
     return PromptSet(version=version, templates={name: doc[name] for name in TEMPLATES})
+
+
+_FENCED = re.compile(r"(<(reviews|review|catalogue)>)(.*?)(</\2>)", re.DOTALL)
+
+
+def without_double_quotes(content: str) -> str:
+    """A prompt whose fenced data shows straight double quotes as ″ (a 1/4" jack, a "warm" tone).
+
+    What a retry shows a model after a quote it copied from a review closed a JSON string early: the
+    stand-in reads the same and cannot end a string. The instructions outside the fences are unchanged.
+    """
+    return _FENCED.sub(lambda m: m.group(1) + m.group(3).replace('"', "″") + m.group(4), content)
 
 
 def fence_text(text: str, limit: int) -> str:

@@ -1,8 +1,9 @@
 """Run units on an engine with a bounded retry budget, check every answer, and make cache rows.
 
 An invalid answer is retried with the rejection reason appended to the conversation (so a deterministic
-engine does not repeat itself), at most ``max_attempts`` times in all; then the unit is recorded as
-``failed`` with the last reason. Nothing is ever silently empty.
+engine does not repeat itself; after a cut text field, the fenced reviews show double quotes as ″), at
+most ``max_attempts`` times in all; then the unit is recorded as ``failed`` with the last reason.
+Nothing is ever silently empty.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from persona4rec.reasoning import answers
 from persona4rec.reasoning.answers import AnswerError
 from persona4rec.reasoning.dedup import EmbedFn, dedup_many
+from persona4rec.reasoning.prompts import without_double_quotes
 from persona4rec.reasoning.units import Unit
 
 #: Engines are duck-typed (``ray_actors.engines.base.Engine``): the core imports no LLM library.
@@ -92,6 +94,8 @@ def solve(
             except AnswerError as exc:
                 errors[unit.key] = exc
                 retry.append(unit)
+                if exc.code == "cut_field":  # most often a double quote copied from a review
+                    convo[unit.key] = [_unquoted(m) for m in convo[unit.key]]
                 if comp.text:
                     convo[unit.key].append({"role": "assistant", "content": comp.text[:1500]})
                     convo[unit.key].append({"role": "user", "content": RETRY_NOTE.format(reason=exc)})
@@ -119,6 +123,10 @@ def solve(
             }
         )
     return rows
+
+
+def _unquoted(message: dict[str, str]) -> dict[str, str]:
+    return {**message, "content": without_double_quotes(message["content"])} if message["role"] == "user" else message
 
 
 def _payload(unit: Unit, value: Any) -> Any:
