@@ -422,6 +422,7 @@ def explanations(run: Run, n: int, seed: int, generator: str = "lightgcn") -> li
             f"{c['items'].index(top.item_id) + 1}, similarity {top.persona_score:.3f}. The held-out item, "
             f"{title(c['target'])}, ranks {target_rank} after reranking (was {c['items'].index(c['target']) + 1}).",
             "",
+            *(["> *(the item has no personas: its summary stands in)*", ">"] if e.kind == "summary" else []),
             f"> **{e.name}**: {e.description}",
             ">",
             f"> *Why*: {e.rationale}",
