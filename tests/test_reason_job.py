@@ -170,7 +170,9 @@ def test_bad_answers_of_every_kind_end_in_the_status_table_and_manifest(mi_confi
         json.dumps({"summary": "A stand.", "personas": [good, {**good, "description": ""}]}),  # empty field
         json.dumps({"summary": "A stand.", "personas": [good, {**good, "name": "Home Learner", "evidence": [2]}]}),
         # a persona cut by a stray double quote is dropped; the two sound ones are kept
-        json.dumps({"summary": "A stand.", "personas": [good, {**good, "rationale": "Needs a 1/4"}, learner]}),
+        json.dumps(
+            {"summary": "A stand.", "personas": [good, {**good, "rationale": "Needs a cable for the"}, learner]}
+        ),
     ]
     order: dict[str, int] = {}
 
@@ -183,7 +185,7 @@ def test_bad_answers_of_every_kind_end_in_the_status_table_and_manifest(mi_confi
     t = _check_contracts(result, 6)
     reasons = t["item_status"].reason.fillna("ok").str.split(":").str[0].tolist()
     assert reasons == ["invalid_json", "unknown_evidence", "persona_count", "schema", "ok", "ok"]
-    cut = "dropped: cut_field: personas[2].rationale ends mid-phrase: 'Needs a 1/4'"
+    cut = "dropped: cut_field: personas[2].rationale ends mid-phrase: 'Needs it for the'"
     assert t["item_status"].notes.tolist()[-2:] == [None, cut]
     assert t["item_status"].n_personas.tolist()[-1] == 2 and result.manifest.counts["personas_dropped_cut"] == 1
     assert result.manifest.counts["failures_by_reason"] == {

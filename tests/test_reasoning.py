@@ -135,6 +135,14 @@ def test_bad_answers_are_rejected_with_a_reason(answer, code):
     assert err.value.code == code
 
 
+def test_prose_without_its_final_full_stop_is_not_a_cut():
+    got = _parse({"summary": "x.", "personas": [_persona(description="Plays live and never uses a pick"), _persona()]})
+    assert got.personas[0].description == "Plays live and never uses a pick"
+    for cut in ("Plays live and is also", "Plays live with the", "Plays live, and "):
+        with pytest.raises(AnswerError, match="cut_field"):
+            _parse({"summary": "x.", "personas": [_persona(description=cut), _persona()]})
+
+
 def test_a_capped_field_keeps_its_complete_sentences():
     long = "Plays live every week. Needs gear that survives the van. It must look " + "very " * 80  # over the cap
     got = _parse({"summary": "x.", "personas": [_persona(description=long), _persona("B")]})
@@ -144,10 +152,10 @@ def test_a_capped_field_keeps_its_complete_sentences():
 
 
 def test_a_cut_persona_is_dropped_while_enough_sound_ones_remain():
-    cut = _persona("B", rationale="Wants a cable with a 1/4")  # a stray inch mark closed the string early
+    cut = _persona("B", rationale="Likes that the tone is")  # a quote ("warm") closed the string early
     got = _parse({"summary": "x.", "personas": [_persona("A"), cut, _persona("C")]}, low=2, high=3)
     assert [p.name for p in got.personas] == ["A", "C"]
-    assert got.notes == ["dropped: cut_field: personas[2].rationale ends mid-phrase: 'Wants a cable with a 1/4'"]
+    assert got.notes == ["dropped: cut_field: personas[2].rationale ends mid-phrase: 'Likes that the tone is'"]
     with pytest.raises(AnswerError, match=r"cut_field: personas\[2\]"):  # one sound persona is below low=2
         _parse({"summary": "x.", "personas": [_persona("A"), cut]}, low=2, high=3)
     with pytest.raises(AnswerError, match="unknown_evidence"):  # other defects still reject the answer
@@ -273,7 +281,7 @@ def test_an_answer_that_stays_invalid_fails_after_the_budget_with_its_reason():
 
 def test_after_a_cut_field_the_retry_shows_the_reviews_without_double_quotes():
     unit = _unit(text='Great cable, the 1/4" plug fits and the tone stays "warm".')
-    cut = _answer(_persona("A", (1,)), _persona("B", (2,), rationale="Needs a cable with a 1/4"))
+    cut = _answer(_persona("A", (1,)), _persona("B", (2,), rationale="Needs a cable that fits the"))
     engine = ScriptedEngine(lambda req, attempt: cut if attempt == 1 else _answer(_persona("A"), _persona("B")))
     [row] = solve(engine, [unit], max_attempts=2)
     assert row["status"] == "ok" and row["attempts"] == 2

@@ -114,6 +114,28 @@ _ID_PREFIX = re.compile(r"^\s*(?:P\s*\d+|Persona\s*\d+|\d+)\s*[:.)\-–]\s*", re
 
 _SENTENCE_END = (".", "!", "?", "…", ")", '"', "'")
 _DANGLING = (",", ":", ";", "(", "-")
+#: Words a finished sentence or phrase does not end on: text ending on one was cut (e.g. "...it is also").
+_DANGLING_WORDS = frozenset(
+    {
+        *("a", "an", "the", "and", "or", "but", "nor", "of", "to", "in", "on", "at", "by", "for", "from", "with"),
+        *("into", "onto", "about", "as", "than", "that", "which", "who", "whose", "is", "are", "was", "were"),
+        *("be", "been", "being", "has", "have", "had", "its", "their", "his", "her", "our", "your", "my", "this"),
+        *("these", "those", "because", "like", "also", "very", "so", "such", "if", "when", "while"),
+    }
+)
+
+
+def _unfinished(text: str, prose: bool) -> bool:
+    """Text that stops where nothing can stop: on punctuation that leads on or, in prose, on a word such
+    as "the". Prose may lack its final full stop (small models drop it); that alone is not a cut. A
+    phrase may end on a preposition ("easy to put on"), so only punctuation judges a phrase."""
+    text = text.rstrip()
+    if text.endswith(_DANGLING):
+        return True
+    if not prose or text.endswith(_SENTENCE_END):
+        return False
+    words = text.split()
+    return len(words) > 1 and words[-1].lower() in _DANGLING_WORDS
 
 
 def _field(obj: dict, key: str, cap: int, where: str, *, prose: bool = True) -> str:
@@ -123,8 +145,7 @@ def _field(obj: dict, key: str, cap: int, where: str, *, prose: bool = True) -> 
     if not isinstance(value, str) or not value.strip():
         raise AnswerError("schema", f"{where}.{key} is missing or empty")
     capped = len(value) >= cap
-    unfinished = not value.rstrip().endswith(_SENTENCE_END) if prose else value.rstrip().endswith(_DANGLING)
-    if capped or value != value.rstrip() or unfinished:
+    if capped or value != value.rstrip() or _unfinished(value, prose):
         whole = _complete_sentences(value) if prose else ""
         if not whole:
             why = f"reached its {cap}-character cap" if capped else f"ends mid-phrase: {value[-30:]!r}"
