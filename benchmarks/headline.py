@@ -235,7 +235,7 @@ MODE_HEADER = [
 ]
 MODE_NOTE = (
     "LLM seconds are measured (`item_status.llm_seconds`: each batch's wall time shared among its answers, "
-    "summed over the item's calls). Batches that ran beside other work on the 2-core machine were slower, "
+    "summed over the item's calls). Batches that ran beside other work on the machine were slower, "
     "so the median item is closer to the quiet pace than the mean."
 )
 

@@ -159,7 +159,7 @@ def batch_loss(model, spec: EncoderSpec, data: AlignmentData, batch: Examples, s
 
     Every worker's personas are gathered as negatives when ``world > 1``; in-batch negatives that share
     a key named in ``s["mask"]`` with the positive are masked. The training step's hot path
-    (``benchmarks/encoder_step.py`` times it alone).
+    (``benchmarks/train.py --in-process`` times it alone).
     """
     flat, inverse = np.unique(batch.history[batch.history >= 0], return_inverse=True)
     inter, pers = encode_batch(model, spec, data, flat, batch.positive)
