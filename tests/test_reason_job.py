@@ -173,6 +173,8 @@ def test_bad_answers_of_every_kind_end_in_the_status_table_and_manifest(mi_confi
         json.dumps(
             {"summary": "A stand.", "personas": [good, {**good, "rationale": "Needs a cable for the"}, learner]}
         ),
+        # ... and when every attempt leaves one sound persona of the two asked for, that one is kept
+        json.dumps({"summary": "A stand.", "personas": [good, {**good, "rationale": "Needs a cable for the"}]}),
     ]
     order: dict[str, int] = {}
 
@@ -180,21 +182,24 @@ def test_bad_answers_of_every_kind_end_in_the_status_table_and_manifest(mi_confi
         return scripts[order.setdefault(request.key, len(order))]
 
     engine = ScriptedEngine(answer)
-    cfg = mi_config(EMBEDDER, "reason.limit_items=6", "reason.max_attempts=2")
+    cfg = mi_config(EMBEDDER, "reason.limit_items=7", "reason.max_attempts=2")
     result = reason_job.run(cfg, engine=engine, embed=embed, progress=False)
-    t = _check_contracts(result, 6)
+    t = _check_contracts(result, 7)
     reasons = t["item_status"].reason.fillna("ok").str.split(":").str[0].tolist()
-    assert reasons == ["invalid_json", "unknown_evidence", "persona_count", "schema", "ok", "ok"]
-    cut = "dropped: cut_field: personas[2].rationale ends mid-phrase: 'Needs a cable for the'"
-    assert t["item_status"].notes.tolist()[-2:] == [None, cut]
-    assert t["item_status"].n_personas.tolist()[-1] == 2 and result.manifest.counts["personas_dropped_cut"] == 1
+    assert reasons == ["invalid_json", "unknown_evidence", "persona_count", "schema", "ok", "ok", "ok"]
+    why = "cut_field: personas[2].rationale ends mid-phrase: 'Needs a cable for the'"
+    cut = f"dropped: {why}"
+    short = f"{cut}; short: 1 sound personas of the 2 asked for after 2 attempts (last: {why})"
+    assert t["item_status"].notes.tolist()[-3:] == [None, cut, short]
+    assert t["item_status"].n_personas.tolist()[-2:] == [2, 1]
+    assert result.manifest.counts["personas_dropped_cut"] == 2 and result.manifest.counts["items_short"] == 1
     assert result.manifest.counts["failures_by_reason"] == {
         "invalid_json": 1,
         "unknown_evidence": 1,
         "persona_count": 1,
         "schema": 1,
     }
-    assert len(engine.requests) == 4 * 2 + 2  # failures used their whole budget, the good ones a single call
+    assert len(engine.requests) == 5 * 2 + 2  # failures and the short item used their whole budget
     # Failures are cached too: a rerun does not spend calls on them unless asked.
     assert (
         reason_job.run(cfg, engine=engine, embed=embed, force=True, progress=False).manifest.counts["spent_this_run"]
@@ -206,7 +211,7 @@ def test_bad_answers_of_every_kind_end_in_the_status_table_and_manifest(mi_confi
     # A committed cache seeds another run: the same answers, no LLM call, the same version.
     seed = mi_config().artifacts_root.parent.parent / "committed-cache"
     shutil.move(reason_job.cache_dir(cfg), seed)
-    seeded_cfg = mi_config(EMBEDDER, "reason.limit_items=6", "reason.max_attempts=2", f"reason.seed_caches=[{seed}]")
+    seeded_cfg = mi_config(EMBEDDER, "reason.limit_items=7", "reason.max_attempts=2", f"reason.seed_caches=[{seed}]")
     calls = len(engine.requests)
     seeded = reason_job.run(seeded_cfg, engine=engine, embed=embed, force=True, progress=False)
     assert seeded.manifest.counts["spent_this_run"] == {} and len(engine.requests) == calls

@@ -156,8 +156,12 @@ def test_a_cut_persona_is_dropped_while_enough_sound_ones_remain():
     got = _parse({"summary": "x.", "personas": [_persona("A"), cut, _persona("C")]}, low=2, high=3)
     assert [p.name for p in got.personas] == ["A", "C"]
     assert got.notes == ["dropped: cut_field: personas[2].rationale ends mid-phrase: 'Likes that the tone is'"]
-    with pytest.raises(AnswerError, match=r"cut_field: personas\[2\]"):  # one sound persona is below low=2
+    with pytest.raises(AnswerError, match=r"cut_field: personas\[2\]") as short:  # one sound one is below low=2
         _parse({"summary": "x.", "personas": [_persona("A"), cut]}, low=2, high=3)
+    assert [p.name for p in short.value.partial.personas] == ["A"]  # what a last attempt can fall back on
+    with pytest.raises(AnswerError, match="cut_field") as nothing:
+        _parse({"summary": "x.", "personas": [cut, cut]}, low=2, high=3)
+    assert nothing.value.partial is None
     with pytest.raises(AnswerError, match="unknown_evidence"):  # other defects still reject the answer
         _parse({"summary": "x.", "personas": [_persona("A"), cut, _persona("C", (9,))]}, low=2, high=3)
 
@@ -277,6 +281,27 @@ def test_an_answer_that_stays_invalid_fails_after_the_budget_with_its_reason():
     assert row["status"] == "failed" and row["payload"] is None
     assert row["attempts"] == 2 and len(engine.requests) == 2
     assert row["error"].startswith("unknown_evidence")
+
+
+def test_an_answer_still_short_of_sound_personas_after_the_budget_keeps_its_fullest_attempt():
+    unit = _unit()
+    assert unit.spec["low"] == 2
+    cut = _persona("C", (3,), rationale="Wants strings that stay in")
+    short, full = _answer(cut, _persona("A")), _answer(_persona("A"), _persona("B", (2,)))
+    engine = ScriptedEngine(lambda req, attempt: short if attempt == 1 else full)
+    [row] = solve(engine, [unit], max_attempts=3)
+    assert row["attempts"] == 2 and "notes" not in json.loads(row["payload"])  # a sound retry wins outright
+
+    engine = ScriptedEngine(lambda req, attempt: short if attempt != 2 else "{not json")
+    [row] = solve(engine, [unit], max_attempts=3)
+    assert row["status"] == "ok" and row["error"] is None and row["attempts"] == 3
+    payload = json.loads(row["payload"])
+    assert [p["name"] for p in payload["personas"]] == ["A"]
+    assert payload["notes"] == [
+        "dropped: cut_field: personas[1].rationale ends mid-phrase: 'Wants strings that stay in'",
+        "short: 1 sound personas of the 2 asked for after 3 attempts (last: cut_field: personas[1].rationale "
+        "ends mid-phrase: 'Wants strings that stay in')",
+    ]
 
 
 def test_after_a_cut_field_the_retry_shows_the_reviews_without_double_quotes():

@@ -35,7 +35,8 @@ from persona4rec.reasoning.units import Unit, aspects_unit, persona_unit, person
 STAGE = "reason"
 # 2: paper-mode aspect answers decoded with spaced JSON on vLLM (see the vLLM engine)
 # 3: item_status.llm_seconds and .notes (a cut persona is dropped, not the item; a cut aspect slot is nulled)
-VERSION = 3
+# 4: an item still short of sound personas after its last attempt keeps them (notes "short:"), not failed
+VERSION = 4
 TABLES = ("summaries", "personas", "item_status", "aspects")
 
 
@@ -302,6 +303,7 @@ def _counts(status: list[dict[str, Any]], personas: list[dict[str, Any]]) -> dic
         "completion_tokens": sum(s["completion_tokens"] for s in status),
         "tokens_per_item": round(sum(s["prompt_tokens"] + s["completion_tokens"] for s in status) / n, 1),
         "personas_dropped_cut": sum(str(s["notes"]).count("dropped:") for s in status if s["notes"]),
+        "items_short": sum("short:" in str(s["notes"]) for s in status if s["notes"]),
         "llm_seconds": round(sum(s["llm_seconds"] for s in status), 1),
         "llm_seconds_per_item": round(sum(s["llm_seconds"] for s in status) / n, 2),
     }

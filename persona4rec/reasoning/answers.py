@@ -16,12 +16,17 @@ ASPECT_SLOTS = ("category_preference", "purchase_purpose", "quality_criteria", "
 
 
 class AnswerError(ValueError):
-    """An answer that cannot be used. ``code`` is one of REASONS; the message says what exactly."""
+    """An answer that cannot be used. ``code`` is one of REASONS; the message says what exactly.
 
-    def __init__(self, code: str, message: str) -> None:
+    ``partial`` is what the answer still offers when it falls short only in quantity (fewer sound
+    personas than asked for): worth retrying for, and better than nothing once the attempts run out.
+    """
+
+    def __init__(self, code: str, message: str, *, partial: PersonaAnswer | None = None) -> None:
         assert code in REASONS, code
         super().__init__(f"{code}: {message}")
         self.code = code
+        self.partial = partial
 
 
 REASONS = {
@@ -172,7 +177,9 @@ def parse_personas(
 
     A persona whose text was cut (cap reached, or closed mid-phrase by a stray double quote) is dropped
     with a note, as long as at least ``low`` sound personas remain: one broken sentence should not cost
-    the item the others. Every other defect rejects the whole answer.
+    the item the others. With fewer, the answer is rejected but carries the sound ones as its
+    ``partial`` (see :func:`~persona4rec.reasoning.solve.solve`). Every other defect rejects the whole
+    answer.
     """
     data = _object(data, "answer")
     items = data.get("personas")
@@ -203,10 +210,12 @@ def parse_personas(
             raise AnswerError("schema", f"{where}.name holds only an id")
         evidence = sorted(set(evidence))
         personas.append(Persona(name=name, description=description, rationale=rationale, evidence=evidence))
-    if cuts and len(personas) < low:
-        raise cuts[0]
     text = _field(data, "summary", text_chars, "answer") if summary else None
-    return PersonaAnswer(personas=personas, summary=text, notes=[f"dropped: {c}" for c in cuts])
+    answer = PersonaAnswer(personas=personas, summary=text, notes=[f"dropped: {c}" for c in cuts])
+    if cuts and len(personas) < low:
+        cut = cuts[0]
+        raise AnswerError(cut.code, str(cut).removeprefix(f"{cut.code}: "), partial=answer if personas else None)
+    return answer
 
 
 def parse_summary(data: Any, text_chars: int) -> str:

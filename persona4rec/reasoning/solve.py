@@ -74,6 +74,7 @@ def solve(
     stats = {u.key: {"attempts": 0, "calls": 0, "prompt_tokens": 0, "completion_tokens": 0} for u in units}
     done: dict[str, Any] = {}
     errors: dict[str, AnswerError] = {}
+    partial: dict[str, Any] = {}  # the fullest answer that fell short, per unit
     pending = list(units)
     for attempt in range(1, max_attempts + 1):
         if not pending:
@@ -94,12 +95,22 @@ def solve(
             except AnswerError as exc:
                 errors[unit.key] = exc
                 retry.append(unit)
+                if exc.partial is not None and len(exc.partial.personas) > len(_personas(partial.get(unit.key))):
+                    partial[unit.key] = exc.partial
                 if exc.code == "cut_field":  # most often a double quote copied from a review
                     convo[unit.key] = [_unquoted(m) for m in convo[unit.key]]
                 if comp.text:
                     convo[unit.key].append({"role": "assistant", "content": comp.text[:1500]})
                     convo[unit.key].append({"role": "user", "content": RETRY_NOTE.format(reason=exc)})
         pending = retry
+    for unit in pending:
+        if unit.key in partial:
+            last = errors.pop(unit.key)
+            kept = done[unit.key] = partial[unit.key]
+            kept.notes.append(
+                f"short: {len(kept.personas)} sound personas of the {unit.spec['low']} asked for after "
+                f"{max_attempts} attempts (last: {last})"
+            )
 
     persona_keys = [u.key for u in units if u.key in done and u.kind in ("personas", "personas_from_aspects")]
     if embed is not None and persona_keys:
@@ -123,6 +134,10 @@ def solve(
             }
         )
     return rows
+
+
+def _personas(answer: Any) -> list[Any]:
+    return answer.personas if answer is not None else []
 
 
 def _unquoted(message: dict[str, str]) -> dict[str, str]:
