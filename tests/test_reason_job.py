@@ -189,7 +189,7 @@ def test_bad_answers_of_every_kind_end_in_the_status_table_and_manifest(mi_confi
     assert reasons == ["invalid_json", "unknown_evidence", "persona_count", "schema", "ok", "ok", "ok"]
     why = "cut_field: personas[2].rationale ends mid-phrase: 'Needs a cable for the'"
     cut = f"dropped: {why}"
-    short = f"{cut}; short: 1 sound personas of the 2 asked for after 2 attempts (last: {why})"
+    short = f"{cut}; short: 1/2 sound personas after 2 attempts (last: {why})"
     assert t["item_status"].notes.tolist()[-3:] == [None, cut, short]
     assert t["item_status"].n_personas.tolist()[-2:] == [2, 1]
     assert result.manifest.counts["personas_dropped_cut"] == 2 and result.manifest.counts["items_short"] == 1

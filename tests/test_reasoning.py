@@ -299,8 +299,8 @@ def test_an_answer_still_short_of_sound_personas_after_the_budget_keeps_its_full
     assert [p["name"] for p in payload["personas"]] == ["A"]
     assert payload["notes"] == [
         "dropped: cut_field: personas[1].rationale ends mid-phrase: 'Wants strings that stay in'",
-        "short: 1 sound personas of the 2 asked for after 3 attempts (last: cut_field: personas[1].rationale "
-        "ends mid-phrase: 'Wants strings that stay in')",
+        "short: 1/2 sound personas after 3 attempts (last: cut_field: personas[1].rationale ends mid-phrase: "
+        "'Wants strings that stay in')",
     ]
 
 

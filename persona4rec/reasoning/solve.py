@@ -108,8 +108,8 @@ def solve(
             last = errors.pop(unit.key)
             kept = done[unit.key] = partial[unit.key]
             kept.notes.append(
-                f"short: {len(kept.personas)} sound personas of the {unit.spec['low']} asked for after "
-                f"{max_attempts} attempts (last: {last})"
+                f"short: {len(kept.personas)}/{unit.spec['low']} sound personas after {max_attempts} attempts "
+                f"(last: {last})"
             )
 
     persona_keys = [u.key for u in units if u.key in done and u.kind in ("personas", "personas_from_aspects")]
