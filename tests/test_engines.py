@@ -20,6 +20,7 @@ from persona4rec.config import LLMConfig, OpenAIOptions
 from persona4rec.errors import ConfigError
 from persona4rec.ray_actors.engines import ChatRequest, Completion, Engine, build_engine
 from persona4rec.ray_actors.engines.openai_engine import _retry_after
+from persona4rec.reasoning import answers
 from tests.conftest import free_port
 
 SCHEMA = {
@@ -109,6 +110,20 @@ def test_tiny_max_tokens_is_truncated(engine: Engine) -> None:
     assert c.truncated and c.completion_tokens == 3
     with pytest.raises(ValueError, match="cut off"):
         c.json()
+
+
+@pytest.mark.slow
+def test_the_retry_schema_keeps_a_text_from_ending_on_a_comma(engine: Engine) -> None:
+    """What ``answers.without_early_ends`` asks of a decoder, which every engine must enforce."""
+    user = {"role": "user", "content": 'Answer as JSON: {"name": "Red, ", "count": 3}. Copy it exactly.'}
+    schema = answers.without_early_ends(SCHEMA)
+    free, (tight,) = (
+        engine.complete([ChatRequest("free", (SYSTEM, user), SCHEMA, max_tokens=48)]),
+        engine.complete([ChatRequest("tight", (SYSTEM, user), schema, max_tokens=48)]),
+    )
+    name = tight.json()["name"]
+    assert name and not name.endswith((" ", ",")), tight.text
+    assert free[0].json()["name"].endswith(", "), free[0].text  # the model does copy it when it may
 
 
 NULLABLE = {

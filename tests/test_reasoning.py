@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -314,3 +315,23 @@ def test_after_a_cut_field_the_retry_shows_the_reviews_without_double_quotes():
     fenced = retry[retry.index("<reviews>") : retry.index("</reviews>")]
     assert '1/4" plug' in first and "1/4″ plug" in fenced and '"' not in fenced
     assert retry.replace("″", '"') == first  # only the quotes inside the fence changed
+    texts = ("summary", "name", "description", "rationale")
+    assert all(f'"{t}": {{"type": "string", "minLength": 1' in json.dumps(engine.requests[0].schema) for t in texts)
+    assert json.dumps(engine.requests[1].schema).count('"pattern"') == 4 and "maxLength" not in json.dumps(
+        engine.requests[1].schema["properties"]["summary"]
+    )
+
+
+def test_the_retry_schema_lets_no_text_end_where_a_stray_quote_would_close_it():
+    schema = answers.without_early_ends(answers.judge_schema(3, 400))
+    pattern = re.compile(schema["properties"]["reasoning"]["pattern"])
+    assert schema["properties"]["persona"] == answers.judge_schema(3, 400)["properties"]["persona"]
+    for text, ok in [("Plays out.", True), ("Plays out", True), ("x", True), ("", False)]:
+        assert bool(pattern.fullmatch(text)) is ok, text
+    cuts = ("Plays a 1/4 inch ", "Plays drums, ", "Plays drums,", "It has:", "Fits (", "A well-", 'A "warm', "A\nB")
+    for cut in cuts:
+        assert not pattern.fullmatch(cut), cut
+    nullable = answers.aspect_schema(200)  # nullable slots are left alone (vLLM decodes them by grammar)
+    assert answers.without_early_ends(nullable) == nullable
+    long = "A sturdy stand for the stage. " * 20  # over the cap: what is longer keeps its sentences within it
+    assert answers.parse_judge({"reasoning": long, "persona": 1}, 3, 100)[1] == long[:90].strip()

@@ -61,6 +61,32 @@ def _text(max_chars: int) -> dict[str, Any]:
     return {"type": "string", "minLength": 1, "maxLength": max_chars}
 
 
+#: What a text may not end on under :func:`without_early_ends` (a space, or punctuation that leads on).
+_NO_END = " ,;:(-"
+
+
+def without_early_ends(schema: Any) -> Any:
+    """``schema`` with every capped text property (not the nullable ones inside ``anyOf``) rewritten as a
+    pattern that cannot end on a space or on punctuation that leads on; for the retry after a cut field.
+
+    A small model that opens an inner quotation (``a 1/4 inch "jack"``) closes the JSON string there, and
+    always right after a space or a comma. Under this pattern the closing quote is not allowed at that
+    point, so the model writes on instead. The pattern admits no double quote, backslash or line break
+    at all (with ``.``, llama.cpp's grammar runs past the closing quote). The cap is left to the
+    validation (a longer text keeps its complete sentences within the cap): xgrammar ignores
+    ``maxLength`` beside a ``pattern`` and cannot compile a counted repetition of a few hundred
+    characters.
+    """
+    if isinstance(schema, list):
+        return [without_early_ends(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    if schema.get("type") == "string" and "maxLength" in schema:
+        rest = {k: v for k, v in schema.items() if k not in ("minLength", "maxLength")}
+        return {**rest, "pattern": rf'^[^"\\\n]*[^"\\\n{_NO_END}]$'}
+    return {k: (v if k == "anyOf" else without_early_ends(v)) for k, v in schema.items()}
+
+
 def persona_schema(*, low: int, high: int, n_reviews: int, name_chars: int, text_chars: int, summary: bool) -> dict:
     persona = {
         "type": "object",
@@ -151,7 +177,7 @@ def _field(obj: dict, key: str, cap: int, where: str, *, prose: bool = True) -> 
         raise AnswerError("schema", f"{where}.{key} is missing or empty")
     capped = len(value) >= cap
     if capped or value != value.rstrip() or _unfinished(value, prose):
-        whole = _complete_sentences(value) if prose else ""
+        whole = _complete_sentences(value[:cap]) if prose else ""
         if not whole:
             why = f"reached its {cap}-character cap" if capped else f"ends mid-phrase: {value[-30:]!r}"
             raise AnswerError("cut_field", f"{where}.{key} {why}")

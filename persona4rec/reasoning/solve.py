@@ -1,9 +1,10 @@
 """Run units on an engine with a bounded retry budget, check every answer, and make cache rows.
 
 An invalid answer is retried with the rejection reason appended to the conversation (so a deterministic
-engine does not repeat itself; after a cut text field, the fenced reviews show double quotes as ″), at
-most ``max_attempts`` times in all; then the unit is recorded as ``failed`` with the last reason.
-Nothing is ever silently empty.
+engine does not repeat itself), at most ``max_attempts`` times in all. After a cut text field the retry
+also shows the fenced reviews with double quotes as ″, and its schema lets no text end on a space or a
+comma, where a stray inner quote would close it (``answers.without_early_ends``). Then the unit is
+recorded as ``failed`` with the last reason. Nothing is ever silently empty.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ def solve(
 
     started = time.perf_counter()
     convo = {u.key: list(u.messages) for u in units}
+    schema = {u.key: u.schema for u in units}
     stats = {u.key: {"attempts": 0, "calls": 0, "prompt_tokens": 0, "completion_tokens": 0} for u in units}
     done: dict[str, Any] = {}
     errors: dict[str, AnswerError] = {}
@@ -80,7 +82,7 @@ def solve(
         if not pending:
             break
         temp = temperature if attempt == 1 else max(temperature, retry_temperature)
-        requests = [ChatRequest(u.key, tuple(convo[u.key]), u.schema, u.max_tokens, temp) for u in pending]
+        requests = [ChatRequest(u.key, tuple(convo[u.key]), schema[u.key], u.max_tokens, temp) for u in pending]
         completions = engine.complete(requests)
         retry = []
         for unit, comp in zip(pending, completions, strict=True):
@@ -97,8 +99,9 @@ def solve(
                 retry.append(unit)
                 if exc.partial is not None and len(exc.partial.personas) > len(_personas(partial.get(unit.key))):
                     partial[unit.key] = exc.partial
-                if exc.code == "cut_field":  # most often a double quote copied from a review
+                if exc.code == "cut_field":  # most often a stray double quote closed a text early
                     convo[unit.key] = [_unquoted(m) for m in convo[unit.key]]
+                    schema[unit.key] = answers.without_early_ends(unit.schema)
                 if comp.text:
                     convo[unit.key].append({"role": "assistant", "content": comp.text[:1500]})
                     convo[unit.key].append({"role": "user", "content": RETRY_NOTE.format(reason=exc)})
