@@ -277,9 +277,10 @@ def test_an_invalid_answer_is_retried_with_the_reason_then_accepted():
 
 
 def test_an_answer_that_stays_invalid_fails_after_the_budget_with_its_reason():
-    engine = ScriptedEngine(lambda req, attempt: _answer(_persona("A", (1,)), _persona("B", (7,))))
+    wrong = _answer(_persona("A", (1,)), _persona("B", (7,)))
+    engine = ScriptedEngine(lambda req, attempt: wrong)
     [row] = solve(engine, [_unit()], max_attempts=2)
-    assert row["status"] == "failed" and row["payload"] is None
+    assert row["status"] == "failed" and json.loads(row["payload"]) == {"last_answer": wrong}  # to read why
     assert row["attempts"] == 2 and len(engine.requests) == 2
     assert row["error"].startswith("unknown_evidence")
 

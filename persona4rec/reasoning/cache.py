@@ -4,8 +4,8 @@ A result is keyed by the hash of everything that determines it (the item's sampl
 set, the model and the generation settings). Results are appended as small Parquet part files, each
 written to a temporary name and renamed, so a crash loses at most the batch in flight and never leaves a
 half-written part. A rerun reads the keys already present and skips them; a changed item has a new key
-and is redone. Failed results are stored too (status ``failed`` with the reason) and are retried only
-when asked.
+and is redone. Failed results are stored too (status ``failed`` with the reason, and the last answer as
+``{"last_answer": ...}`` in ``payload``, to read why) and are retried only when asked.
 """
 
 from __future__ import annotations

@@ -21,6 +21,8 @@ from persona4rec.reasoning.prompts import without_double_quotes
 from persona4rec.reasoning.units import Unit
 
 #: Engines are duck-typed (``ray_actors.engines.base.Engine``): the core imports no LLM library.
+#: How much of a failed unit's last answer its cache row keeps, for reading why it failed.
+LAST_ANSWER_CHARS = 6000
 RETRY_NOTE = (
     "Your answer was rejected ({reason}). Answer again with one JSON object in exactly the requested "
     "shape, complete and without double quotes inside text values."
@@ -73,6 +75,7 @@ def solve(
     started = time.perf_counter()
     convo = {u.key: list(u.messages) for u in units}
     schema = {u.key: u.schema for u in units}
+    last_text: dict[str, str] = {}
     stats = {u.key: {"attempts": 0, "calls": 0, "prompt_tokens": 0, "completion_tokens": 0} for u in units}
     done: dict[str, Any] = {}
     errors: dict[str, AnswerError] = {}
@@ -91,6 +94,7 @@ def solve(
             st["calls"] += 1
             st["prompt_tokens"] += comp.prompt_tokens
             st["completion_tokens"] += comp.completion_tokens
+            last_text[unit.key] = comp.text
             try:
                 done[unit.key] = check(unit, comp)
                 errors.pop(unit.key, None)
@@ -130,7 +134,10 @@ def solve(
                 "key": unit.key,
                 "subject": unit.subject,
                 "status": "ok" if ok else "failed",
-                "payload": json.dumps(_payload(unit, done[unit.key]), ensure_ascii=False) if ok else None,
+                "payload": json.dumps(
+                    _payload(unit, done[unit.key]) if ok else {"last_answer": last_text[unit.key][:LAST_ANSWER_CHARS]},
+                    ensure_ascii=False,
+                ),
                 "error": None if ok else str(errors[unit.key]),
                 "seconds": seconds,
                 **stats[unit.key],
