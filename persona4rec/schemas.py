@@ -205,7 +205,13 @@ ITEM_STATUS = TableSchema(
         _c("prompt_tokens", I64, "Prompt tokens spent on the item, all steps."),
         _c("completion_tokens", I64, "Generated tokens spent on the item, all steps."),
         _c("llm_seconds", F64, "LLM wall seconds spent on the item, all steps (a batch's wall shared by its answers)."),
-        _c("notes", STR, "What an ok answer lost: personas dropped because their text was cut.", nullable=True),
+        _c(
+            "notes",
+            STR,
+            "What an ok answer lost: personas dropped because their text was cut ('dropped:'), and "
+            "fewer sound personas than asked for after the last attempt ('short:').",
+            nullable=True,
+        ),
         _c("cache_key", STR, "Content hash of the persona call: same key, same result, no LLM call."),
     ),
 )
