@@ -239,8 +239,8 @@ def parse_personas(
     text = _field(data, "summary", text_chars, "answer") if summary else None
     answer = PersonaAnswer(personas=personas, summary=text, notes=[f"dropped: {c}" for c in cuts])
     if cuts and len(personas) < low:
-        cut = cuts[0]
-        raise AnswerError(cut.code, str(cut).removeprefix(f"{cut.code}: "), partial=answer if personas else None)
+        cuts[0].partial = answer if personas else None
+        raise cuts[0]
     return answer
 
 
