@@ -22,6 +22,7 @@ Prints the headline table. Nothing here trains or calls an LLM; it reads, scores
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 from dataclasses import dataclass
@@ -440,22 +441,51 @@ def model_label(ref: str) -> str:
     return parts[-1] if parts else ref
 
 
-def speed(run: Run) -> list[str]:
+def speed(run: Run, gpu: dict[str, Any] | None = None) -> list[str]:
+    """Online latency table; ``gpu`` (``benchmarks/llm_gpu.py --json``) adds the listwise request timed on a GPU."""
     lat = run.manifest("evaluate").counts.get("latency_ms", {})
     llm, persona = lat.get("llm_listwise"), lat.get("persona")
     if not llm or not persona:
         return ["No listwise LLM latency was measured (the `llm_listwise` reranker was not run)."]
     ratio = llm["p50"] / persona["p50"]
     model = run.manifest("evaluate").counts.get("llm", {}).get("model", "?")
-    return [
+    lines = [
         "| reranker | requests | p50 ms | p95 ms |",
         "|---|---|---|---|",
         f"| persona (in-memory rerank of {run.cfg.candidates.top_n} candidates) | {persona['requests']} "
         f"| {persona['p50']:.3f} | {persona['p95']:.3f} |",
         f"| zero-shot listwise LLM (`{model_label(model)}`, same CPU) | {llm['requests']} "
         f"| {llm['p50']:,.0f} | {llm['p95']:,.0f} |",
-        "",
-        f"Ratio of medians: **{ratio:,.0f}×** (paper: {PAPER_SPEEDUP}).",
+    ]
+    notes = [f"Ratio of medians: **{ratio:,.0f}×** on the same CPU (paper: {PAPER_SPEEDUP})."]
+    listwise = next((r for r in (gpu or {}).get("rows", []) if r["workload"] == "listwise request"), None)
+    if listwise:
+        ms = 1000 * listwise["seconds"]
+        lines.append(
+            f"| the same request's token shape on one {gpu['meta']['device']} ({listwise['prompt']} prompt + "
+            f"{listwise['new']} generated tokens; `benchmarks/llm_gpu.py`) | {len(listwise['all_seconds'])} "
+            f"| {ms:,.0f} | {1000 * max(listwise['all_seconds']):,.0f} (max) |"
+        )
+        notes.append(
+            f"Against the GPU figure the ratio is **{ms / persona['p50']:,.0f}×**: the LLM on a GPU, the persona "
+            "rerank on this CPU. That figure is the model's architecture with random weights under Hugging Face "
+            "`generate` (the weights cannot reach the lent GPU machine), an upper bound on what vLLM would take."
+        )
+    return [*lines, "", *notes]
+
+
+def gpu_reason_cost(gpu: dict[str, Any], items: int) -> list[str]:
+    """What the reason stage's token shape costs on the GPU that ``benchmarks/llm_gpu.py`` timed."""
+    rows = [r for r in gpu.get("rows", []) if r["workload"] == "reason batch"]
+    if not rows:
+        return []
+    best = max(rows, key=lambda r: r["items_per_s"])
+    per_batch = ", ".join(f"{r['batch']}: {r['items_per_s']:.2f}" for r in rows)
+    return [
+        f"On one {gpu['meta']['device']} the efficient mode's token shape ({best['prompt']} prompt + {best['new']} "
+        f"generated tokens per item) ran at {per_batch} items/s by batch size (`benchmarks/llm_gpu.py`: random "
+        f"weights of the same architecture, Hugging Face `generate`), so the {items} items would take about "
+        f"{items / best['items_per_s'] / 60:.1f} minutes at batch {best['batch']}, retries aside.",
     ]
 
 
@@ -485,6 +515,7 @@ def main(argv: list[str] | None = None) -> None:
         help="write only modes.md, the efficient/paper comparison, from the two reason stages run with "
         "reason.limit_items=--paper-items (before the whole catalogue is reasoned)",
     )  # fmt: skip
+    ap.add_argument("--gpu-llm", type=Path, help="benchmarks/llm_gpu.py --json output: GPU rows for cost and speed")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", required=True, type=Path, help="folder for report.md, evaluation.md, plots/")
     args = ap.parse_args(argv)
@@ -515,6 +546,9 @@ def main(argv: list[str] | None = None) -> None:
     reason = run.manifest("reason").counts
     status = _status(run.stages["reason"])
     cost = [*MODE_HEADER, mode_cost(f"{cfg.reason.mode} (whole catalogue)", status, reason["personas"]), "", MODE_NOTE]
+    gpu = json.loads(args.gpu_llm.read_text()) if args.gpu_llm else None
+    if gpu:
+        cost += ["", *gpu_reason_cost(gpu, len(status))]
     report = [
         f"# Headline: Persona4Rec on `{cfg.dataset}` with `{model_label(cfg.llm.model)}` personas",
         "",
@@ -542,7 +576,7 @@ def main(argv: list[str] | None = None) -> None:
         "",
         "## Speed: online rerank against the zero-shot LLM reranker",
         "",
-        *speed(run),
+        *speed(run, gpu),
         "",
     ]
     if args.paper_artifacts:

@@ -3,6 +3,8 @@ trained encoder, SmolLM2 on vLLM as the listwise LLM): tables, figures checked b
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -209,8 +211,19 @@ def test_headline_report_reads_the_run_it_is_given(evaluated, tmp_path):
     overrides = [f"paths.artifacts={cfg.paths.artifacts}", f"data.local_dir={MUSICAL_INSTRUMENTS}", *FAST, *GRID,
                  f"index.encoder_version={cfg.index.encoder_version}", "evaluate.listwise.users=4",
                  "evaluate.bootstrap=200", "evaluate.permutations=500"]  # fmt: skip
-    headline.main(["-d", "amazon2014-musical-instruments", *overrides, "--explanations", "2", "--out", str(tmp_path)])
+    # GPU rows as benchmarks/llm_gpu.py writes them: a 0.5 s listwise request, a reason batch at 2 items/s
+    gpu = tmp_path / "llm_gpu.json"
+    gpu.write_text(json.dumps({"meta": {"device": "Test GPU"}, "rows": [
+        {"workload": "reason batch", "batch": 4, "prompt": 900, "new": 600, "seconds": 2.0, "items_per_s": 2.0},
+        {"workload": "listwise request", "batch": 1, "prompt": 900, "new": 50, "seconds": 0.5,
+         "all_seconds": [0.5, 0.4, 0.7]}]}))  # fmt: skip
+    headline.main(["-d", "amazon2014-musical-instruments", *overrides, "--explanations", "2", "--out", str(tmp_path),
+                   "--gpu-llm", str(gpu)])  # fmt: skip
     report = (tmp_path / "report.md").read_text()
     assert "## Quality @10" in report and "Ratio of medians" in report and "| evaluate |" in report
+    persona_p50 = run.manifest("evaluate").counts["latency_ms"]["persona"]["p50"]
+    assert f"Against the GPU figure the ratio is **{500 / persona_p50:,.0f}×**" in report
+    assert "| 3 | 500 | 700 (max) |" in report
+    assert f"the {len(items)} items would take about {len(items) / 2.0 / 60:.1f} minutes at batch 4" in report
     assert (tmp_path / "plots" / "gains_vs_paper.png").stat().st_size > 0
     assert (tmp_path / "evaluation.md").read_text() == (result.folder / "report.md").read_text()
