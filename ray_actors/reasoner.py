@@ -33,7 +33,8 @@ class Reasoner:
         self.embed = embed if embed is not None else load_embedder(reason.dedup.embedder)
 
     def describe(self) -> dict[str, str]:
-        return {"engine": self.engine.name, "model": self.engine.model_id}
+        info = {"engine": self.engine.name, "model": self.engine.model_id}
+        return info if self.engine.dtype is None else {**info, "dtype": self.engine.dtype}
 
     def solve(self, units: list[Unit], max_attempts: int) -> list[dict[str, Any]]:
         rows = solve(

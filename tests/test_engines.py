@@ -151,6 +151,33 @@ def test_vllm_writes_nullable_schemas_with_one_space_after_separators_and_others
     assert '": ' not in compact.text and ", " not in compact.text.replace(compact.json()["name"], "")
 
 
+ICE_LAKE = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512bw avx512_vnni avx512_bitalg\n"
+SAPPHIRE_RAPIDS = "flags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\n"
+GRAVITON3 = "Features\t: fp asimd sve bf16 i8mm\n"
+
+
+def test_native_bf16_is_read_off_the_cpu_flags() -> None:
+    from persona4rec.ray_actors.engines.vllm_engine import cpu_has_native_bf16
+
+    assert not cpu_has_native_bf16(ICE_LAKE)
+    assert cpu_has_native_bf16(SAPPHIRE_RAPIDS) and cpu_has_native_bf16(GRAVITON3)
+    assert cpu_has_native_bf16(None) and cpu_has_native_bf16("no flags line\n")  # unknown: keep the model's dtype
+
+
+@pytest.mark.slow
+def test_vllm_auto_dtype_is_float32_on_a_cpu_without_native_bf16(vllm_engine) -> None:
+    import torch
+    from vllm.platforms import current_platform
+
+    from persona4rec.ray_actors.engines.vllm_engine import _read_cpuinfo, cpu_has_native_bf16
+
+    loaded = vllm_engine._llm.llm_engine.model_config.dtype  # what the running engine computes in
+    if not current_platform.is_cpu() or cpu_has_native_bf16(_read_cpuinfo()):
+        assert vllm_engine.dtype == "auto" and loaded != torch.float32  # SmolLM2 ships bfloat16
+    else:
+        assert vllm_engine.dtype == "float32" and loaded == torch.float32
+
+
 # ------------------------------------------------------------------------------------------ HTTP engine
 
 

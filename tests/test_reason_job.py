@@ -284,6 +284,7 @@ def test_p4r_reason_runs_vllm_in_a_ray_actor(mi_config, smollm2_paths, ray_clust
     assert "items 2:" in result.output and "this run, personas: 2 units" in result.output
     env = reason_job.locate(cfg).manifest.environment
     assert env["engine"] == "vllm" and env["actors"] == "1" and env["model"] == str(smollm2_paths.hf)
+    assert env["dtype"] in ("auto", "float32")  # float32 where the CPU has no native bf16 (tests/test_engines.py)
 
 
 @pytest.mark.slow

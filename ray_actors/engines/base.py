@@ -59,6 +59,8 @@ class Engine(ABC):
     name: str
     #: what the answers came from: the configured model id or path, part of every cache key
     model_id: str
+    #: the dtype the model computes in, where the engine chooses one (recorded in the stage manifest)
+    dtype: str | None = None
 
     @abstractmethod
     def complete(self, requests: list[ChatRequest]) -> list[Completion]:

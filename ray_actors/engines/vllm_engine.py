@@ -44,10 +44,13 @@ class VLLMEngine(Engine):
         executor = None if opts.engine_process else "uni"
         # The seed is set on the engine, never per request: a per-request seed crashes the CPU build
         # ("CPU Generator does not use offset") and would make answers depend on batch composition anyway.
+        self.dtype = opts.dtype
+        if opts.dtype == "auto" and current_platform.is_cpu() and not cpu_has_native_bf16(_read_cpuinfo()):
+            self.dtype = "float32"
         self._llm: LLM | None = LLM(
             model=cfg.model,
             max_model_len=cfg.max_model_len,
-            dtype=opts.dtype,
+            dtype=self.dtype,
             tensor_parallel_size=opts.tensor_parallel_size,
             gpu_memory_utilization=opts.gpu_memory_utilization,
             enforce_eager=opts.enforce_eager,
@@ -129,6 +132,31 @@ class VLLMEngine(Engine):
             max_tokens=max(1, min(req.max_tokens, self.max_model_len - n_prompt)),
             structured_outputs=structured,
         )
+
+
+def cpu_has_native_bf16(cpuinfo: str | None) -> bool:
+    """Whether the CPU computes in bfloat16 natively (x86 ``avx512_bf16``/``amx_bf16``, Arm ``bf16``).
+
+    Without it the CPU build emulates bf16: Qwen2.5-1.5B, a bf16 model, generated 2.5x slower in bf16 than
+    in float32 on an AVX-512 Xeon without those flags (8 against 20 tokens/s, 8 sequences). Unknown
+    (``None``: no ``/proc/cpuinfo``) counts as native, so ``auto`` keeps the model's own dtype.
+    """
+    if cpuinfo is None:
+        return True
+    for line in cpuinfo.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip().lower() in ("flags", "features"):
+            flags = set(value.split())
+            return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+    return True
+
+
+def _read_cpuinfo() -> str | None:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return f.read()
+    except OSError:
+        return None
 
 
 def allows_null(schema: Any) -> bool:
