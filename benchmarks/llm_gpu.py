@@ -49,14 +49,19 @@ def timed_generate(model, vocab: int, batch: int, prompt: int, new: int, device:
     mask = torch.ones_like(ids)
     kwargs = dict(attention_mask=mask, max_new_tokens=new, min_new_tokens=new, do_sample=False, eos_token_id=None,
                   pad_token_id=0)  # fmt: skip
+
+    def sync() -> None:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
     times = []
     with torch.inference_mode():
         model.generate(ids, **{**kwargs, "max_new_tokens": 4, "min_new_tokens": 4})  # warm-up
         for _ in range(repeats):
-            torch.cuda.synchronize() if device.startswith("cuda") else None
+            sync()
             start = time.perf_counter()
             out = model.generate(ids, **kwargs)
-            torch.cuda.synchronize() if device.startswith("cuda") else None
+            sync()
             times.append(time.perf_counter() - start)
             assert out.shape == (batch, prompt + new), out.shape
     return times
