@@ -204,7 +204,11 @@ ITEM_STATUS = TableSchema(
         _c("calls", I64, "LLM calls spent on the item, all steps."),
         _c("prompt_tokens", I64, "Prompt tokens spent on the item, all steps."),
         _c("completion_tokens", I64, "Generated tokens spent on the item, all steps."),
-        _c("llm_seconds", F64, "LLM wall seconds spent on the item, all steps (a batch's wall shared by its answers)."),
+        _c(
+            "llm_seconds",
+            F64,
+            "LLM wall seconds spent on the item, all steps and attempts (an engine call's wall shared by its answers).",
+        ),
         _c(
             "notes",
             STR,

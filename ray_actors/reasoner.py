@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from persona4rec.config import LLMConfig, ReasonConfig
-from persona4rec.reasoning.solve import solve
+from persona4rec.reasoning.solve import Solver
 from persona4rec.reasoning.units import Unit
 
 
@@ -31,20 +31,26 @@ class Reasoner:
         self.llm, self.reason = llm, reason
         self.engine = engine if engine is not None else build_engine(llm)
         self.embed = embed if embed is not None else load_embedder(reason.dedup.embedder)
+        self.solver = Solver(
+            self.engine, temperature=llm.temperature, embed=self.embed, dedup_threshold=reason.dedup.threshold
+        )
 
     def describe(self) -> dict[str, str]:
         info = {"engine": self.engine.name, "model": self.engine.model_id}
         return info if self.engine.dtype is None else {**info, "dtype": self.engine.dtype}
 
-    def solve(self, units: list[Unit], max_attempts: int) -> list[dict[str, Any]]:
-        rows = solve(
-            self.engine,
-            units,
-            max_attempts=max_attempts,
-            temperature=self.llm.temperature,
-            embed=self.embed,
-            dedup_threshold=self.reason.dedup.threshold,
-        )
+    def step(self, units: list[Unit], max_attempts: int) -> list[dict[str, Any]]:
+        """Answer ``units`` and the retries carried from earlier calls in one batch; rows of those that finished.
+
+        Units still to retry stay here for the next call (``Solver``): call ``drain`` after the last batch.
+        """
+        return self._label(self.solver.step(units, max_attempts))
+
+    def drain(self) -> list[dict[str, Any]]:
+        """Finish every carried unit; their rows."""
+        return self._label(self.solver.drain())
+
+    def _label(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for row in rows:
             row["engine"], row["model"] = self.engine.name, self.engine.model_id
         return rows

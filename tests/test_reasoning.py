@@ -15,7 +15,7 @@ from persona4rec.reasoning.answers import AnswerError, Persona
 from persona4rec.reasoning.cache import ResultCache
 from persona4rec.reasoning.dedup import merge_near_duplicates
 from persona4rec.reasoning.prompts import count_rule, fence_text, load_prompts
-from persona4rec.reasoning.solve import solve
+from persona4rec.reasoning.solve import Solver, solve
 from persona4rec.reasoning.units import persona_unit
 from tests.scripted_engine import ScriptedEngine
 
@@ -321,6 +321,30 @@ def test_after_a_cut_field_the_retry_shows_the_reviews_without_double_quotes():
     assert json.dumps(engine.requests[1].schema).count('"pattern"') == 4 and "maxLength" not in json.dumps(
         engine.requests[1].schema["properties"]["summary"]
     )
+
+
+def test_a_rejected_unit_rides_along_with_the_next_batch_instead_of_holding_its_own_back():
+    a, b, c = (_unit(text=t) for t in ("Sturdy stand.", "Wobbly stand.", "Cheap stand."))
+    good = _answer(_persona("A", (1,)), _persona("B", (2,)))
+    engine = ScriptedEngine(lambda req, attempt: "{not json" if req.key == a.key and attempt == 1 else good)
+    solver = Solver(engine)
+
+    first = solver.step([a, b], max_attempts=2)
+    assert [r["key"] for r in first] == [b.key] and solver.carried == 1  # b is done; a waits, nothing blocks
+    second = solver.step([c], max_attempts=2)
+    assert {r.key for r in engine.requests[2:]} == {a.key, c.key}  # a's retry shared c's engine call
+    assert {r["key"]: (r["status"], r["attempts"]) for r in second} == {a.key: ("ok", 2), c.key: ("ok", 1)}
+    assert solver.carried == 0 and solver.drain() == [] and len(engine.requests) == 4
+
+
+def test_drain_runs_carried_units_to_the_end_of_their_budget():
+    unit = _unit()
+    engine = ScriptedEngine(lambda req, attempt: "{not json")
+    solver = Solver(engine)
+    assert solver.step([unit], max_attempts=3) == [] and solver.carried == 1
+    [row] = solver.drain()
+    assert row["status"] == "failed" and row["attempts"] == 3 and row["error"].startswith("invalid_json")
+    assert solver.carried == 0 and len(engine.requests) == 3
 
 
 def test_the_retry_schema_lets_no_text_end_where_a_stray_quote_would_close_it():

@@ -1,8 +1,9 @@
 """Where LLM units run, and the bookkeeping around them.
 
-Pools: a Ray actor pool of Reasoners (the production path) or one Reasoner in-process. Both hand finished
-batches back as they complete; :class:`LLMWork` persists each batch in the result cache before the next
-arrives, so a crash loses only the batches still in flight.
+Pools: a Ray actor pool of Reasoners (the production path) or one Reasoner in-process. Both hand the rows
+of finished units back as each batch completes; :class:`LLMWork` persists them in the result cache before
+the next arrive, so a crash loses only the batches in flight and the retries a Reasoner carries to its
+next batch (``reasoning.solve.Solver``).
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ class LocalPool:
 
     def run(self, units: Sequence[Unit], max_attempts: int, on_rows: Callable[[Rows], None]) -> None:
         for batch in batches(units, self.batch_size):
-            on_rows(self.reasoner.solve(batch, max_attempts))
+            on_rows(self.reasoner.step(batch, max_attempts))
+        on_rows(self.reasoner.drain())
 
     def close(self) -> None:
         """The injected engine belongs to the caller."""
@@ -68,12 +70,17 @@ class RayPool:
         return {**self._info, "actors": len(self.actors)}
 
     def run(self, units: Sequence[Unit], max_attempts: int, on_rows: Callable[[Rows], None]) -> None:
+        import ray
         from ray.exceptions import OutOfMemoryError, RayActorError
 
         work = list(batches(units, self.batch_size))
         try:
-            for rows in self.pool.map_unordered(lambda actor, b: actor.solve.remote(b, max_attempts), work):
+            for rows in self.pool.map_unordered(lambda actor, b: actor.step.remote(b, max_attempts), work):
                 on_rows(rows)
+            draining = [actor.drain.remote() for actor in self.actors]  # each actor's own carried retries
+            while draining:
+                [ready], draining = ray.wait(draining)
+                on_rows(ray.get(ready))
         except (OutOfMemoryError, RayActorError) as exc:
             why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             hint = (
@@ -82,7 +89,7 @@ class RayPool:
                 else ""
             )
             raise WorkerLost(
-                f"a Reasoner actor was lost mid-batch ({type(exc).__name__}: {why}). Every finished batch is in "
+                f"a Reasoner actor was lost mid-batch ({type(exc).__name__}: {why}). Every finished answer is in "
                 f"the result cache: run the same command again to resume.{hint}"
             ) from exc
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from persona4rec.reasoning import answers
@@ -23,6 +24,8 @@ from persona4rec.reasoning.units import Unit
 #: Engines are duck-typed (``ray_actors.engines.base.Engine``): the core imports no LLM library.
 #: How much of a failed unit's last answer its cache row keeps, for reading why it failed.
 LAST_ANSWER_CHARS = 6000
+#: What a unit that used up its attempts without a usable answer finishes with.
+FAILED = object()
 RETRY_NOTE = (
     "Your answer was rejected ({reason}). Answer again with one JSON object in exactly the requested "
     "shape, complete and without double quotes inside text values."
@@ -69,81 +72,168 @@ def solve(
     embed: EmbedFn | None = None,
     dedup_threshold: float = 1.0,
 ) -> list[dict[str, Any]]:
-    """Answer every unit (batched per attempt) and return one cache row per unit, ok or failed."""
-    from persona4rec.ray_actors.engines.base import ChatRequest
+    """Answer every unit to the end (one engine call per attempt round); one cache row per unit, in order."""
+    solver = Solver(
+        engine,
+        temperature=temperature,
+        retry_temperature=retry_temperature,
+        embed=embed,
+        dedup_threshold=dedup_threshold,
+    )
+    rows = solver.step(units, max_attempts) + solver.drain()
+    order = {u.key: i for i, u in enumerate(units)}
+    return sorted(rows, key=lambda r: order[r["key"]])
 
-    started = time.perf_counter()
-    convo = {u.key: list(u.messages) for u in units}
-    schema = {u.key: u.schema for u in units}
-    last_text: dict[str, str] = {}
-    stats = {u.key: {"attempts": 0, "calls": 0, "prompt_tokens": 0, "completion_tokens": 0} for u in units}
-    done: dict[str, Any] = {}
-    errors: dict[str, AnswerError] = {}
-    partial: dict[str, Any] = {}  # the fullest answer that fell short, per unit
-    pending = list(units)
-    for attempt in range(1, max_attempts + 1):
-        if not pending:
-            break
-        temp = temperature if attempt == 1 else max(temperature, retry_temperature)
-        requests = [ChatRequest(u.key, tuple(convo[u.key]), schema[u.key], u.max_tokens, temp) for u in pending]
-        completions = engine.complete(requests)
-        retry = []
-        for unit, comp in zip(pending, completions, strict=True):
-            st = stats[unit.key]
-            st["attempts"] = attempt
-            st["calls"] += 1
-            st["prompt_tokens"] += comp.prompt_tokens
-            st["completion_tokens"] += comp.completion_tokens
-            last_text[unit.key] = comp.text
-            try:
-                done[unit.key] = check(unit, comp)
-                errors.pop(unit.key, None)
-            except AnswerError as exc:
-                errors[unit.key] = exc
-                retry.append(unit)
-                if exc.partial is not None and len(exc.partial.personas) > len(_personas(partial.get(unit.key))):
-                    partial[unit.key] = exc.partial
-                if exc.code == "cut_field":  # most often a stray double quote closed a text early
-                    convo[unit.key] = [_unquoted(m) for m in convo[unit.key]]
-                    schema[unit.key] = answers.without_early_ends(unit.schema)
-                if comp.text:
-                    convo[unit.key].append({"role": "assistant", "content": comp.text[:1500]})
-                    convo[unit.key].append({"role": "user", "content": RETRY_NOTE.format(reason=exc)})
-        pending = retry
-    for unit in pending:
-        if unit.key in partial:
-            last = errors.pop(unit.key)
-            kept = done[unit.key] = partial[unit.key]
-            kept.notes.append(
-                f"short: {len(kept.personas)}/{unit.spec['low']} sound personas after {max_attempts} attempts "
-                f"(last: {last})"
+
+@dataclass
+class _Open:
+    """A unit between attempts: its conversation so far and what its attempts cost."""
+
+    unit: Unit
+    max_attempts: int
+    messages: list[dict[str, str]]
+    schema: dict[str, Any] | None
+    stats: dict[str, int] = field(
+        default_factory=lambda: {"attempts": 0, "calls": 0, "prompt_tokens": 0, "completion_tokens": 0}
+    )
+    seconds: float = 0.0
+    last_text: str = ""
+    error: AnswerError | None = None
+    partial: Any = None  # the fullest answer that fell short
+
+
+class Solver:
+    """Answers units over successive engine calls, one attempt per unit per call.
+
+    A unit whose answer is rejected rides along with the next call's fresh units rather than holding its
+    own batch back for a retry round: on a CPU a lone retry decodes at batch 1, as slowly as a whole batch.
+    ``step`` returns the rows of the units that finished (accepted, or out of attempts); ``drain`` runs the
+    carried units to the end. Units carried between calls live only here: a crash loses them with the
+    batch in flight, and a rerun asks again.
+    """
+
+    def __init__(
+        self,
+        engine: Any,
+        *,
+        temperature: float = 0.0,
+        retry_temperature: float = 0.5,
+        embed: EmbedFn | None = None,
+        dedup_threshold: float = 1.0,
+    ) -> None:
+        self.engine, self.embed, self.dedup_threshold = engine, embed, dedup_threshold
+        self.temperature, self.retry_temperature = temperature, retry_temperature
+        self._open: dict[str, _Open] = {}
+
+    @property
+    def carried(self) -> int:
+        """How many units wait for another attempt."""
+        return len(self._open)
+
+    def step(self, units: Sequence[Unit], max_attempts: int) -> list[dict[str, Any]]:
+        """One engine call over the carried units and ``units``; the rows of every unit that finished."""
+        for u in units:
+            if u.key not in self._open:
+                self._open[u.key] = _Open(u, max_attempts, list(u.messages), u.schema)
+        return self._call() if self._open else []
+
+    def drain(self) -> list[dict[str, Any]]:
+        """Call the engine until no unit is carried; the rows of all of them."""
+        rows: list[dict[str, Any]] = []
+        while self._open:
+            rows += self._call()
+        return rows
+
+    # ------------------------------------------------------------------------------------------ internals
+
+    def _call(self) -> list[dict[str, Any]]:
+        from persona4rec.ray_actors.engines.base import ChatRequest
+
+        batch = list(self._open.values())
+        requests = [
+            ChatRequest(
+                o.unit.key,
+                tuple(o.messages),
+                o.schema,
+                o.unit.max_tokens,
+                self.temperature if o.stats["attempts"] == 0 else max(self.temperature, self.retry_temperature),
             )
+            for o in batch
+        ]
+        started = time.perf_counter()
+        completions = self.engine.complete(requests)
+        share = (time.perf_counter() - started) / len(batch)
+        finished: dict[str, Any] = {}
+        for o, comp in zip(batch, completions, strict=True):
+            o.seconds += share
+            self._record(o, comp)
+            try:
+                finished[o.unit.key] = check(o.unit, comp)
+            except AnswerError as exc:
+                self._reject(o, comp, exc)
+                if o.stats["attempts"] >= o.max_attempts:
+                    finished[o.unit.key] = self._fallback(o)
+        return self._rows([self._open.pop(k) for k in finished], finished)
 
-    persona_keys = [u.key for u in units if u.key in done and u.kind in ("personas", "personas_from_aspects")]
-    if embed is not None and persona_keys:
-        merged = dedup_many([done[k].personas for k in persona_keys], embed, dedup_threshold)
-        for key, personas in zip(persona_keys, merged, strict=True):
-            done[key].personas = personas
+    @staticmethod
+    def _record(o: _Open, comp: Any) -> None:
+        o.stats["attempts"] += 1
+        o.stats["calls"] += 1
+        o.stats["prompt_tokens"] += comp.prompt_tokens
+        o.stats["completion_tokens"] += comp.completion_tokens
+        o.last_text = comp.text
 
-    seconds = (time.perf_counter() - started) / max(len(units), 1)
-    rows = []
-    for unit in units:
-        ok = unit.key in done
-        rows.append(
-            {
-                "key": unit.key,
-                "subject": unit.subject,
-                "status": "ok" if ok else "failed",
-                "payload": json.dumps(
-                    _payload(unit, done[unit.key]) if ok else {"last_answer": last_text[unit.key][:LAST_ANSWER_CHARS]},
-                    ensure_ascii=False,
-                ),
-                "error": None if ok else str(errors[unit.key]),
-                "seconds": seconds,
-                **stats[unit.key],
-            }
+    @staticmethod
+    def _reject(o: _Open, comp: Any, exc: AnswerError) -> None:
+        o.error = exc
+        if exc.partial is not None and len(exc.partial.personas) > len(_personas(o.partial)):
+            o.partial = exc.partial
+        if exc.code == "cut_field":  # most often a stray double quote closed a text early
+            o.messages = [_unquoted(m) for m in o.messages]
+            o.schema = answers.without_early_ends(o.unit.schema)
+        if comp.text:
+            o.messages.append({"role": "assistant", "content": comp.text[:1500]})
+            o.messages.append({"role": "user", "content": RETRY_NOTE.format(reason=exc)})
+
+    @staticmethod
+    def _fallback(o: _Open) -> Any:
+        """Out of attempts: the fullest short answer, noted as such, or FAILED."""
+        if o.partial is None:
+            return FAILED
+        kept = o.partial
+        kept.notes.append(
+            f"short: {len(kept.personas)}/{o.unit.spec['low']} sound personas after {o.max_attempts} attempts "
+            f"(last: {o.error})"
         )
-    return rows
+        o.error = None
+        return kept
+
+    def _rows(self, opens: list[_Open], values: dict[str, Any]) -> list[dict[str, Any]]:
+        kinds = ("personas", "personas_from_aspects")
+        keys = [o.unit.key for o in opens if values[o.unit.key] is not FAILED and o.unit.kind in kinds]
+        if self.embed is not None and keys:
+            merged = dedup_many([values[k].personas for k in keys], self.embed, self.dedup_threshold)
+            for key, personas in zip(keys, merged, strict=True):
+                values[key].personas = personas
+        rows = []
+        for o in opens:
+            value = values[o.unit.key]
+            ok = value is not FAILED
+            rows.append(
+                {
+                    "key": o.unit.key,
+                    "subject": o.unit.subject,
+                    "status": "ok" if ok else "failed",
+                    "payload": json.dumps(
+                        _payload(o.unit, value) if ok else {"last_answer": o.last_text[:LAST_ANSWER_CHARS]},
+                        ensure_ascii=False,
+                    ),
+                    "error": None if ok else str(o.error),
+                    "seconds": o.seconds,
+                    **o.stats,
+                }
+            )
+        return rows
 
 
 def _personas(answer: Any) -> list[Any]:
