@@ -363,3 +363,68 @@ def test_a_lost_actor_is_one_clear_error_after_the_finished_batches_are_kept():
     with pytest.raises(WorkerLost, match=r"OutOfMemoryError: 1 worker\(s\) were killed.*run the same command") as err:
         pool.run(["u1", "u2", "u3"], 3, kept.append)
     assert kept == [{"first": "rows"}] and "details" not in str(err.value) and "batch_size" in str(err.value)
+
+
+def test_each_ray_actor_drains_the_retries_it_carries(ray_cluster):
+    """Two real Reasoner actors, one batch each: the actor whose unit is rejected twice keeps it across
+    calls, and the pool's drain finishes it there, so every unit comes back exactly once."""
+    import numpy as np
+    import ray
+    from ray.util import ActorPool
+
+    from persona4rec.config import LLMConfig, ReasonConfig
+    from persona4rec.jobs.reason.pool import RayPool
+    from persona4rec.ray_actors.engines.base import Completion, Engine
+    from persona4rec.ray_actors.reasoner import Reasoner
+    from persona4rec.reasoning.prompts import load_prompts
+    from persona4rec.reasoning.units import persona_unit
+
+    def unit(item_id):
+        samples = [
+            {"item_id": item_id, "sample_rank": k, "review_id": f"{item_id}-r{k}", "user_id": f"u{k}", "rating": 5.0,
+             "timestamp": k, "title": None, "text": "Holds my guitar well."}
+            for k in range(3)
+        ]  # fmt: skip
+        item = {"item_id": item_id, "has_metadata": False}
+        return persona_unit(item, samples, load_prompts("v1"), LLMConfig(), ReasonConfig())
+
+    good = json.dumps(
+        {
+            "summary": "A guitar stand.",
+            "personas": [
+                {"name": n, "description": "Plays every week.", "rationale": "This persona appreciates this item "
+                 "because R1 says it holds.", "evidence": [e]}
+                for n, e in (("Stage Player", 1), ("Home Player", 2))
+            ],
+        }
+    )  # fmt: skip
+
+    class Rejects(Engine):  # defined here so that Ray ships it to the actors by value
+        name, model_id = "scripted", "scripted-test-engine"
+
+        def __init__(self, bad_item):
+            self.bad_item, self.calls = bad_item, 0
+
+        def complete(self, requests):
+            self.calls += 1
+            return [
+                Completion(r.key, "{not json" if r.key == self.bad_item and self.calls < 3 else good, 10, 10, "stop")
+                for r in requests
+            ]
+
+    a, b = unit("A"), unit("B")
+    remote = ray.remote(Reasoner).options(num_cpus=0)
+    embed = lambda texts: np.eye(len(texts), dtype=np.float32)  # noqa: E731 - orthogonal: nothing merges
+    actors = [remote.remote(LLMConfig(), ReasonConfig(), engine=Rejects(a.key), embed=embed) for _ in range(2)]
+    pool = RayPool.__new__(RayPool)  # real actors, built here around the scripted engine
+    pool.actors, pool.pool, pool.batch_size = actors, ActorPool(actors), 1
+    handed = []
+    try:
+        pool.run([a, b], 3, handed.append)
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+    rows = {r["key"]: r for batch in handed for r in batch}
+    assert sum(len(batch) for batch in handed) == 2 and set(rows) == {a.key, b.key}
+    assert (rows[a.key]["status"], rows[a.key]["attempts"]) == ("ok", 3) and rows[b.key]["attempts"] == 1
+    assert [len(batch) for batch in handed][-2:] in ([1, 0], [0, 1])  # a came back from its actor's drain
