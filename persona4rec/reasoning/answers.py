@@ -204,7 +204,7 @@ def parse_personas(
     A persona whose text was cut (cap reached, or closed mid-phrase by a stray double quote) is dropped
     with a note, as long as at least ``low`` sound personas remain: one broken sentence should not cost
     the item the others. With fewer, the answer is rejected but carries the sound ones as its
-    ``partial`` (see :func:`~persona4rec.reasoning.solve.solve`). Every other defect rejects the whole
+    ``partial`` (see :class:`~persona4rec.reasoning.solve.Solver`). Every other defect rejects the whole
     answer.
     """
     data = _object(data, "answer")
