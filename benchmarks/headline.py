@@ -202,6 +202,15 @@ def stage_costs(run: Run) -> list[str]:
         m = res.manifest
         steps = ", ".join(f"{k} {v:.1f}" for k, v in m.timings_s.items())
         lines.append(f"| {name} | {_wall(m):.1f} | {steps} | {_peak(m)} |")
+    llm_s = run.manifest("reason").counts.get("llm_seconds") if "reason" in run.stages else None
+    if llm_s:
+        lines += [
+            "",
+            f"A stage's wall time is that of the invocation that published it. For `reason` that is the last "
+            f"run of a resumed generation, which read every earlier run's answers from the cache; the engine "
+            f"calls of every run together took {llm_s:,.0f} s ({llm_s / 3600:.1f} h, the sum of "
+            "`item_status.llm_seconds`).",
+        ]
     return lines
 
 
