@@ -238,6 +238,33 @@ def mode_cost(label: str, status: list[dict[str, Any]], personas: int) -> str:
     )
 
 
+def judge_cost(counts: dict[str, Any], status: list[dict[str, Any]]) -> list[str]:
+    """The paper mode's second LLM step, the align judge (one call per training interaction of an item with
+    personas), as per-item rows beside ``mode_cost``'s, then a note: measured on a sample of judgements,
+    scaled by the item's judgeable interactions."""
+    llm, why = counts.get("llm") or {}, counts["unlabelled_by_reason"]
+    judged, ok = why.get("judged", 0), sum(s["status"] == "ok" for s in status)
+    if not judged or not ok or "llm_seconds" not in llm:
+        return []
+    judgeable = counts["train_interactions"] - why.get("item_without_personas", 0) - why.get("no_earlier_history", 0)
+    n = max(len(status), 1)
+    per_item = judgeable / n  # per item reasoned, as mode_cost counts
+    calls, prompt, gen, secs = (llm[k] / judged * per_item for k in ("calls", "prompt_tokens", "completion_tokens",
+                                                                      "llm_seconds"))  # fmt: skip
+    r_calls, r_prompt, r_gen = (sum(s[k] for s in status) / n for k in ("calls", "prompt_tokens", "completion_tokens"))
+    r_secs = sum(s["llm_seconds"] for s in status) / n
+    return [
+        f"| paper (align judge) | {ok} | | | {calls:.2f} | {prompt:,.0f} | {gen:,.0f} | {secs:.1f} | |",
+        f"| **paper (reason + judge)** | {ok} | | | {r_calls + calls:.2f} | {r_prompt + prompt:,.0f} "
+        f"| {r_gen + gen:,.0f} | {r_secs + secs:.1f} | |",
+        "",
+        f"The judge's row is measured on {judged} judgements ({llm['calls']} calls, "
+        f"{llm['llm_seconds'] / judged:.1f} LLM seconds each, {why.get('judge_failed', 0)} failed) and scaled "
+        f"to {per_item:.1f} judgeable training interactions per item ({judgeable:,} interactions on these "
+        f"items with an earlier history, over {n} items): the paper judges every one of them.",
+    ]
+
+
 MODE_HEADER = [
     "| mode | items | ok | personas per ok item | LLM calls per item | prompt tokens per item "
     "| generated tokens per item | LLM seconds per item | median |",
@@ -285,7 +312,11 @@ def compare_modes(run: Run, paper: Run, items: set[str], seed: int = 0) -> list[
     lines = [*MODE_HEADER]
     lines.append(mode_cost("efficient", eff_status, len(eff_rows)))
     lines.append(mode_cost("paper (reason only)", pap_status, len(pap_rows)))
-    lines += ["", MODE_NOTE, ""]
+    judge: list[str] = []
+    if "align" in paper.stages:
+        judge = judge_cost(paper.manifest("align").counts, pap_status)
+        lines += judge[:2]
+    lines += ["", MODE_NOTE, *judge[2:], ""]
 
     from persona4rec.ray_actors.embedder import load_embedder
 
@@ -503,8 +534,10 @@ def _paper_run(args: argparse.Namespace) -> Run:
     seeds = f"[{args.paper_seed_cache}]" if args.paper_seed_cache else "[]"
     overrides = [*args.overrides, f"paths.artifacts={args.paper_artifacts}", "reason.mode=paper",
                  f"reason.limit_items={args.paper_items}", f"reason.seed_caches={seeds}"]  # fmt: skip
+    if args.paper_judged is not None:
+        overrides.append(f"align.limit_interactions={args.paper_judged}")
     pcfg = load_config(overrides, experiment=args.config, dataset=args.dataset).config
-    return locate_run(pcfg, ("prepare", "reason"))
+    return locate_run(pcfg, ("prepare", "reason", "align"))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -517,6 +550,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("overrides", nargs="*", help="KEY=VALUE overrides, as for p4r")
     ap.add_argument("--paper-artifacts", help="paths.artifacts of the paper-mode run over the first --paper-items")
     ap.add_argument("--paper-items", type=int, default=96, help="reason.limit_items of that run (default %(default)s)")
+    ap.add_argument("--paper-judged", type=int, default=64,
+                    help="align.limit_interactions of that run: the judge's sample (default %(default)s)")  # fmt: skip
     ap.add_argument("--paper-seed-cache", help="reason.seed_caches of that run (its committed answers), if any")
     ap.add_argument("--explanations", type=int, default=10, help="users shown with their explanation (default 10)")
     ap.add_argument(

@@ -238,6 +238,7 @@ def test_paper_mode_aspects_personas_and_judge_on_vllm(mi_config, vllm_engine, s
     labels = align_job.run(cfg, engine=vllm_engine, embed=embed, progress=False)
     c = labels.manifest.counts
     assert c["unlabelled_by_reason"]["judged"] <= 6 and c["llm"]["calls"] >= c["unlabelled_by_reason"]["judged"]
+    assert (c["llm"]["llm_seconds"] > 0) == (c["llm"]["calls"] > 0)  # judge engine time: the paper mode's cost
     lt = pd.read_parquet(labels.table("labels"))
     assert (lt.source == "judge").all() and lt.justification.notna().all()
     personas = t["personas"].set_index("persona_id")
@@ -259,6 +260,8 @@ def test_paper_mode_aspects_personas_and_judge_on_vllm(mi_config, vllm_engine, s
             "3",
             "--paper-artifacts",
             str(cfg.paths.artifacts),
+            "--paper-judged",
+            "6",
             "--out",
             str(out),
         ]  # fmt: skip
@@ -268,6 +271,7 @@ def test_paper_mode_aspects_personas_and_judge_on_vllm(mi_config, vllm_engine, s
         if "|" in line:
             rows.setdefault(line.split("|")[1].strip(), line)
     assert rows["efficient"].split("|")[2].strip() == rows["paper (reason only)"].split("|")[2].strip() == "3"
+    assert ("**paper (reason + judge)**" in rows) == (c["unlabelled_by_reason"]["judged"] > 0)  # the judge's cost
 
 
 @pytest.mark.slow

@@ -171,7 +171,10 @@ def _judge(cfg, prepared, reasoned, train: pa.Table, by_item, engine, embed, pro
             labels.append(_label(subjects[unit.key], payload["persona_id"], "judge", payload["reasoning"]))
         else:
             failed += 1
-    cost = {k: sum(results[u.key][k] for u in units) for k in ("calls", "prompt_tokens", "completion_tokens")}
+    cost: dict[str, float] = {
+        k: sum(results[u.key][k] for u in units) for k in ("calls", "prompt_tokens", "completion_tokens")
+    }
+    cost["llm_seconds"] = round(sum(results[u.key]["seconds"] or 0.0 for u in units), 1)
     counts = _counts(len(rows), labels, {**skipped, "judge_failed": failed, "judged": len(units)})
     counts["llm"] = cost
     spent = {k: dict(v) for k, v in ledger.spent.items()}
