@@ -11,7 +11,8 @@ never mixes runs), and writes into ``--out``:
 - ``report.md``: quality of every reranker over BPR-MF and LightGCN candidates next to the paper's gains,
   the cost of every stage (wall time, peak memory, LLM calls and tokens per item), the online latency
   against the zero-shot LLM reranker, and, with ``--paper-artifacts``, the efficient and the paper mode
-  side by side on the items both reasoned over;
+  side by side on the items both reasoned over (the paper mode's cost with its align judge, from the
+  ``--paper-judged`` sample, when that run's align is published);
 - ``evaluation.md`` and ``plots/``: the evaluate stage's own report and plots, copied;
 - ``explanations.md``: ``--explanations`` test users' top recommendation with its winning persona, as
   the evaluated reranker produced them (profiles from the history before the test item), unedited.
@@ -254,8 +255,8 @@ def judge_cost(counts: dict[str, Any], status: list[dict[str, Any]]) -> list[str
     r_calls, r_prompt, r_gen = (sum(s[k] for s in status) / n for k in ("calls", "prompt_tokens", "completion_tokens"))
     r_secs = sum(s["llm_seconds"] for s in status) / n
     return [
-        f"| paper (align judge) | {ok} | | | {calls:.2f} | {prompt:,.0f} | {gen:,.0f} | {secs:.1f} | |",
-        f"| **paper (reason + judge)** | {ok} | | | {r_calls + calls:.2f} | {r_prompt + prompt:,.0f} "
+        f"| paper (align judge) | {n} | | | {calls:.2f} | {prompt:,.0f} | {gen:,.0f} | {secs:.1f} | |",
+        f"| **paper (reason + judge)** | {n} | | | {r_calls + calls:.2f} | {r_prompt + prompt:,.0f} "
         f"| {r_gen + gen:,.0f} | {r_secs + secs:.1f} | |",
         "",
         f"The judge's row is measured on {judged} judgements ({llm['calls']} calls, "
@@ -534,8 +535,7 @@ def _paper_run(args: argparse.Namespace) -> Run:
     seeds = f"[{args.paper_seed_cache}]" if args.paper_seed_cache else "[]"
     overrides = [*args.overrides, f"paths.artifacts={args.paper_artifacts}", "reason.mode=paper",
                  f"reason.limit_items={args.paper_items}", f"reason.seed_caches={seeds}"]  # fmt: skip
-    if args.paper_judged is not None:
-        overrides.append(f"align.limit_interactions={args.paper_judged}")
+    overrides.append(f"align.limit_interactions={args.paper_judged}")
     pcfg = load_config(overrides, experiment=args.config, dataset=args.dataset).config
     return locate_run(pcfg, ("prepare", "reason", "align"))
 
