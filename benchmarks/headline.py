@@ -225,45 +225,51 @@ def _persona_rows(res: StageResult, items: set[str] | None = None) -> list[dict[
     return [r for r in rows if items is None or r["item_id"] in items]
 
 
+_COST = ("calls", "prompt_tokens", "completion_tokens", "llm_seconds")
+
+
+def _per_item(status: list[dict[str, Any]]) -> list[float]:
+    """Mean calls, prompt tokens, generated tokens and LLM seconds per reasoned item."""
+    n = max(len(status), 1)
+    return [sum(s[k] for s in status) / n for k in _COST]
+
+
 def mode_cost(label: str, status: list[dict[str, Any]], personas: int) -> str:
     n = max(len(status), 1)
     ok = sum(s["status"] == "ok" for s in status)
-    calls = sum(s["calls"] for s in status) / n
-    prompt = sum(s["prompt_tokens"] for s in status) / n
-    gen = sum(s["completion_tokens"] for s in status) / n
-    seconds = [s["llm_seconds"] for s in status]
-    median = f"{np.median(seconds):.1f}" if seconds else "n/a"
+    calls, prompt, gen, secs = _per_item(status)
+    median = f"{np.median([s['llm_seconds'] for s in status]):.1f}" if status else "n/a"
     return (
         f"| {label} | {len(status)} | {ok} ({ok / n:.0%}) | {personas / max(ok, 1):.2f} | {calls:.2f} | "
-        f"{prompt:,.0f} | {gen:,.0f} | {sum(seconds) / n:.1f} | {median} |"
+        f"{prompt:,.0f} | {gen:,.0f} | {secs:.1f} | {median} |"
     )
 
 
-def judge_cost(counts: dict[str, Any], status: list[dict[str, Any]]) -> list[str]:
+def judge_cost(counts: dict[str, Any], status: list[dict[str, Any]]) -> tuple[list[str], str] | None:
     """The paper mode's second LLM step, the align judge (one call per training interaction of an item with
-    personas), as per-item rows beside ``mode_cost``'s, then a note: measured on a sample of judgements,
-    scaled by the item's judgeable interactions."""
+    personas): per-item rows to put under ``mode_cost``'s, judge alone and reason plus judge, and a note.
+    Measured on the judged sample and scaled to every judgeable interaction; None when no judge ran."""
     llm, why = counts.get("llm") or {}, counts["unlabelled_by_reason"]
-    judged, ok = why.get("judged", 0), sum(s["status"] == "ok" for s in status)
-    if not judged or not ok or "llm_seconds" not in llm:
-        return []
+    judged = why.get("judged", 0)
+    if not judged or not status or "llm_seconds" not in llm:
+        return None
     judgeable = counts["train_interactions"] - why.get("item_without_personas", 0) - why.get("no_earlier_history", 0)
-    n = max(len(status), 1)
+    n = len(status)
     per_item = judgeable / n  # per item reasoned, as mode_cost counts
-    calls, prompt, gen, secs = (llm[k] / judged * per_item for k in ("calls", "prompt_tokens", "completion_tokens",
-                                                                      "llm_seconds"))  # fmt: skip
-    r_calls, r_prompt, r_gen = (sum(s[k] for s in status) / n for k in ("calls", "prompt_tokens", "completion_tokens"))
-    r_secs = sum(s["llm_seconds"] for s in status) / n
-    return [
+    calls, prompt, gen, secs = (llm[k] / judged * per_item for k in _COST)
+    r_calls, r_prompt, r_gen, r_secs = _per_item(status)
+    rows = [
         f"| paper (align judge) | {n} | | | {calls:.2f} | {prompt:,.0f} | {gen:,.0f} | {secs:.1f} | |",
         f"| **paper (reason + judge)** | {n} | | | {r_calls + calls:.2f} | {r_prompt + prompt:,.0f} "
         f"| {r_gen + gen:,.0f} | {r_secs + secs:.1f} | |",
-        "",
+    ]
+    note = (
         f"The judge's row is measured on {judged} judgements ({llm['calls']} calls, "
         f"{llm['llm_seconds'] / judged:.1f} LLM seconds each, {why.get('judge_failed', 0)} failed) and scaled "
         f"to {per_item:.1f} judgeable training interactions per item ({judgeable:,} interactions on these "
-        f"items with an earlier history, over {n} items): the paper judges every one of them.",
-    ]
+        f"items with an earlier history, over {n} items): the paper judges every one of them."
+    )
+    return rows, note
 
 
 MODE_HEADER = [
@@ -313,11 +319,8 @@ def compare_modes(run: Run, paper: Run, items: set[str], seed: int = 0) -> list[
     lines = [*MODE_HEADER]
     lines.append(mode_cost("efficient", eff_status, len(eff_rows)))
     lines.append(mode_cost("paper (reason only)", pap_status, len(pap_rows)))
-    judge: list[str] = []
-    if "align" in paper.stages:
-        judge = judge_cost(paper.manifest("align").counts, pap_status)
-        lines += judge[:2]
-    lines += ["", MODE_NOTE, *judge[2:], ""]
+    judge = judge_cost(paper.manifest("align").counts, pap_status) if "align" in paper.stages else None
+    lines += [*(judge[0] if judge else []), "", MODE_NOTE, *(["", judge[1]] if judge else []), ""]
 
     from persona4rec.ray_actors.embedder import load_embedder
 

@@ -177,12 +177,12 @@ def test_headline_judge_cost_is_scaled_from_its_sample_to_every_judgeable_intera
               "llm_seconds": 16.0}, "unlabelled_by_reason": {"item_without_personas": 40, "no_earlier_history": 20,
               "judged": 8, "judge_failed": 1}}  # fmt: skip
     status = [{"status": "ok", "calls": 3, "prompt_tokens": 1000, "completion_tokens": 500, "llm_seconds": 30.0}] * 4
-    judge, total, _, note = headline.judge_cost(counts, status)
+    (judge, total), note = headline.judge_cost(counts, status)
     assert judge == "| paper (align judge) | 4 | | | 12.50 | 1,000 | 100 | 20.0 | |"
     assert total == "| **paper (reason + judge)** | 4 | | | 15.50 | 2,000 | 600 | 50.0 | |"
     assert "measured on 8 judgements (10 calls, 2.0 LLM seconds each, 1 failed)" in note
     assert "10.0 judgeable training interactions per item (40 interactions" in note
-    assert headline.judge_cost({**counts, "llm": {}}, status) == []  # no judge ran (the efficient mode's align)
+    assert headline.judge_cost({**counts, "llm": {}}, status) is None  # no judge ran (the efficient mode's align)
 
 
 def test_headline_report_reads_the_run_it_is_given(evaluated, tmp_path):
