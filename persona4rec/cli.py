@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 #: Stages in pipeline order.
 PIPELINE: tuple[str, ...] = (
-    "prepare", "reason", "align", "embed", "train", "promote", "index", "candidates", "evaluate",
+    "prepare", "reason", "align", "embed", "candidates", "train", "promote", "index", "evaluate",
 )  # fmt: skip
 
 
@@ -83,10 +83,10 @@ def main() -> None:
       reason      Ray + LLM: item summaries and personas, cached by content hash
       align       positive-persona labels for training interactions (evidence or LLM judge)
       embed       Ray actors: base embeddings of persona, interaction and item texts
-      train       Ray Train: the alignment encoder, logged and registered in MLflow
+      candidates  PyTorch (or Ray Train): popularity, BPR-MF, LightGCN top-N lists, tuned on validation
+      train       Ray Train: the alignment encoder (hard negatives from the candidates), into MLflow
       promote     MLflow: the champion alias moves only to a better encoder
       index       Milvus: persona index versions behind an alias (incremental, checked)
-      candidates  PyTorch (or Ray Train): popularity, BPR-MF, LightGCN top-N lists, tuned on validation
       evaluate    every reranker on the same candidates: HR/MRR/NDCG, CIs, tests, segments, report
       serve       HTTP rerank / recommend with explanations (in-memory scoring, hot reload)
     `p4r run` runs every available stage in order.
@@ -535,10 +535,10 @@ STAGES: dict[str, Callable[..., None]] = {
     "reason": _reason,
     "align": _align,
     "embed": _embed,
+    "candidates": _candidates,
     "train": _train,
     "promote": _promote,
     "index": _index,
-    "candidates": _candidates,
     "evaluate": _evaluate,
 }
 
