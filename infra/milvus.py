@@ -11,7 +11,10 @@ server; Lite has one of each.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +55,19 @@ class PersonaIndexError(Persona4RecError):
     """The persona index is missing, or a version failed its checks."""
 
 
+log = logging.getLogger(__name__)
+
+#: The oldest Milvus whose search groups by a field (``group_by_field``); older ones ignore the argument.
+GROUPING_SINCE = (2, 4)
+#: The first over-fetch of the client-side grouping: this many personas per item asked for.
+FALLBACK_PERSONAS_PER_ITEM = 8
+
+#: Per client: whether its server groups search results (asked once, on connect or on the first search).
+_grouping: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+#: Collections whose client-side grouping this process has already logged (once each).
+_fallback_logged: set[str] = set()
+
+
 @dataclass(frozen=True)
 class VersionInfo:
     name: str
@@ -66,9 +82,19 @@ def connect(cfg: Config) -> MilvusClient:
     token = milvus_token(cfg)
     if is_lite(uri):
         os.makedirs(os.path.dirname(os.path.abspath(uri)) or ".", exist_ok=True)
+    locked = _LockedLite()
+    lite_log = logging.getLogger("milvus_lite.server_manager")
+    lite_log.addFilter(locked)  # Lite logs a 20-line traceback before pymilvus raises: one line instead
     try:
-        return MilvusClient(uri=uri, token=token)
+        client = MilvusClient(uri=uri, token=token)
     except MilvusException as exc:
+        if locked.seen:
+            folder = os.path.abspath(uri)
+            raise PersonaIndexError(
+                f"the Milvus Lite database {folder} is in use by another process (`p4r serve`?); Milvus Lite "
+                f"serves one process at a time: stop that process, or run `milvus-lite server --data-dir {folder}` "
+                "and point index.uri at it (http://127.0.0.1:19530) for every process"
+            ) from None
         hint = ""
         if is_lite(uri):
             hint = (
@@ -77,10 +103,52 @@ def connect(cfg: Config) -> MilvusClient:
                 "index.uri=http://127.0.0.1:19530 for every process"
             )
         raise PersonaIndexError(f"cannot open Milvus at {uri}: {getattr(exc, 'message', exc)}{hint}") from None
+    finally:
+        lite_log.removeFilter(locked)
+    supports_grouping(client)
+    return client
+
+
+class _LockedLite(logging.Filter):
+    """Drops (and notes) Milvus Lite's log record of a data folder another process holds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and type(exc).__name__ == "DataDirLockedError":
+            self.seen = True
+            return False
+        return True
 
 
 def is_lite(uri: str) -> bool:
     return "://" not in uri
+
+
+def server_version(client: Any) -> str:
+    """What the server says it is: ``"v2.4.5"``/``"2.6.6"`` for Milvus, ``"milvus_lite-3.2.2"`` for Lite."""
+    try:
+        return str(client.get_server_version())
+    except Exception:  # noqa: BLE001 - a server that will not say is treated as a current one
+        return "unknown"
+
+
+def grouping_in(version: str) -> bool:
+    """Whether a server of this version groups search results by a field (Milvus >= 2.4, and Milvus Lite)."""
+    if "lite" in version.lower():
+        return True
+    m = re.search(r"(\d+)\.(\d+)", version)
+    return m is None or (int(m[1]), int(m[2])) >= GROUPING_SINCE  # unknown: try it (answers are checked)
+
+
+def supports_grouping(client: Any) -> bool:
+    """Whether this client's server groups searches (asked once per client)."""
+    if client not in _grouping:
+        _grouping[client] = grouping_in(server_version(client))
+    return _grouping[client]
 
 
 def version_name(alias: str, fingerprint: str) -> str:
@@ -231,23 +299,86 @@ def search_items(
 
     Items in ``exclude[u]`` are dropped from user u's list; the search asks for k more groups than that user
     excludes instead of a filter, so that the users of a batch share one call. Each hit is the item's best
-    persona: ``{"item_id", "persona_id", "score", ...explanation fields}``.
+    persona: ``{"item_id", "persona_id", "score", ...explanation fields}``. A server without grouping search
+    (Milvus < 2.4 ignores ``group_by_field``), or whose grouped answer repeats an item, gets plain searches
+    grouped here instead (:func:`_group_here`: the same answer, more personas fetched), logged once.
     """
     exclude = exclude or [[] for _ in range(len(users))]
-    limit = min(MAX_TOPK, k + max((len(e) for e in exclude), default=0))
-    results = client.search(
-        name,
-        data=np.asarray(users, dtype=np.float32).tolist(),
-        anns_field=VECTOR_FIELD,
-        limit=limit,
-        group_by_field="item_id",
-        group_size=1,
-        output_fields=EXPLAIN_FIELDS,
-        search_params={"metric_type": METRIC, "params": icfg.search_params},
-    )
-    out = []
-    for hits, seen in zip(results, exclude, strict=True):
-        skip = set(seen)
-        kept = [{**h["entity"], "score": float(h["distance"])} for h in hits if h["entity"]["item_id"] not in skip]
-        out.append(kept[:k])
+    data = np.asarray(users, dtype=np.float32).tolist()
+    search_params = {"metric_type": METRIC, "params": icfg.search_params}
+    if supports_grouping(client):
+        limit = min(MAX_TOPK, k + max((len(e) for e in exclude), default=0))
+        results = client.search(
+            name,
+            data=data,
+            anns_field=VECTOR_FIELD,
+            limit=limit,
+            group_by_field="item_id",
+            group_size=1,
+            output_fields=EXPLAIN_FIELDS,
+            search_params=search_params,
+        )
+        if all(len({h["entity"]["item_id"] for h in hits}) == len(hits) for hits in results):
+            out = []
+            for hits, seen in zip(results, exclude, strict=True):
+                skip = set(seen)
+                kept = [_hit(h) for h in hits if h["entity"]["item_id"] not in skip]
+                out.append(kept[:k])
+            return out
+        _grouping[client] = False  # it ignored group_by_field: never ask this server to group again
+        _note_fallback(client, name, "answered a grouping search with repeated items")
+    else:
+        _note_fallback(client, name, "has no grouping search (Milvus 2.4 or later has)")
+    return _group_here(client, name, data, k, exclude, search_params)
+
+
+def _hit(h: dict[str, Any]) -> dict[str, Any]:
+    return {**h["entity"], "score": float(h["distance"])}
+
+
+def _note_fallback(client: Any, name: str, why: str) -> None:
+    if name not in _fallback_logged:
+        _fallback_logged.add(name)
+        log.warning(
+            "Milvus %s %s: searches of %s group personas by item in this process instead (exact, more personas "
+            "fetched per search)", server_version(client), why, name,
+        )  # fmt: skip
+
+
+def _group_here(
+    client: Any, name: str, data: list[list[float]], k: int, exclude: list[list[str]], search_params: dict[str, Any]
+) -> list[list[dict[str, Any]]]:
+    """Top-k items by max over personas from plain persona searches, grouped here.
+
+    An item's score is its best persona's, which is where the item first appears in a persona ranking; so
+    once the top ``limit`` personas hold k items outside ``exclude[u]``, their first k are exactly the
+    top k. ``limit`` starts at (k + excluded) x FALLBACK_PERSONAS_PER_ITEM and doubles until that holds, the
+    collection runs out, or it reaches Milvus's cap (MAX_TOPK).
+    """
+    out: list[list[dict[str, Any]]] = [[] for _ in data]
+    want = [min(MAX_TOPK, max(1, (k + len(e)) * FALLBACK_PERSONAS_PER_ITEM)) for e in exclude]
+    pending = list(range(len(data)))
+    while pending:
+        limit = max(want[u] for u in pending)
+        results = client.search(
+            name,
+            data=[data[u] for u in pending],
+            anns_field=VECTOR_FIELD,
+            limit=limit,
+            output_fields=EXPLAIN_FIELDS,
+            search_params=search_params,
+        )
+        still = []
+        for u, hits in zip(pending, results, strict=True):
+            skip, best = set(exclude[u]), {}
+            for h in sorted(hits, key=lambda h: -float(h["distance"])):  # stable: the server's order on ties
+                item = h["entity"]["item_id"]
+                if item not in skip and item not in best:
+                    best[item] = _hit(h)
+            if len(best) >= k or len(hits) < limit or limit >= MAX_TOPK:
+                out[u] = list(best.values())[:k]
+            else:
+                want[u] = min(MAX_TOPK, limit * 2)
+                still.append(u)
+        pending = still
     return out

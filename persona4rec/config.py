@@ -826,12 +826,27 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        raise ConfigError(_yaml_problem(path, exc)) from None
     if doc is None:
         return {}
     if not isinstance(doc, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
     return doc
+
+
+def _yaml_problem(path: Path, exc: yaml.YAMLError) -> str:
+    """One line, ``<path>:<line>:<column>: <problem>``, for a file that is not valid YAML."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    if not isinstance(exc, yaml.MarkedYAMLError) or mark is None:
+        return f"{path}: not valid YAML: {' '.join(str(exc).split())}"
+    problem = exc.problem or exc.context or "not valid YAML"
+    if exc.context and exc.problem:
+        problem += f" ({exc.context}"
+        context_mark = exc.context_mark
+        if context_mark is not None and context_mark.line != mark.line:
+            problem += f" at line {context_mark.line + 1}"
+        problem += ")"
+    return f"{path}:{mark.line + 1}:{mark.column + 1}: {problem}"
 
 
 def _merge(
