@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
 import sys
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -50,6 +54,64 @@ def spark_session(cfg: SparkConfig) -> SparkSession:
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(cfg.log_level)
     return spark
+
+
+def spark_running() -> bool:
+    """Whether this process already has a live SparkContext (started, and owned, by someone else)."""
+    from pyspark import SparkContext
+
+    return SparkContext._active_spark_context is not None
+
+
+@contextlib.contextmanager
+def stage_session(cfg: SparkConfig, spark: SparkSession | None = None) -> Iterator[SparkSession]:
+    """The session a stage runs on: ``spark`` when given, else the process's own (:func:`spark_session`).
+
+    A session this call started is stopped on exit, JVM included (:func:`stop_spark`), so that `p4r run`
+    does not carry Spark's memory through every later stage; a session that was already running (a
+    test's shared one, a notebook's) is left as it is.
+    """
+    if spark is not None:
+        yield spark
+        return
+    started = not spark_running()
+    session = spark_session(cfg)
+    try:
+        yield session
+    finally:
+        if started:
+            stop_spark(session)
+
+
+def stop_spark(spark: SparkSession, timeout_s: float = 30.0) -> None:
+    """Stop ``spark`` and end its JVM: ``SparkSession.stop()`` alone keeps the gateway JVM (and its heap)
+    alive for the next session of the process. The JVM exits when its stdin closes; it is killed if it
+    lingers past ``timeout_s``. The next :func:`spark_session` starts a fresh one."""
+    from pyspark import SparkContext
+
+    gateway = SparkContext._gateway
+    try:
+        spark.stop()
+    except Exception as exc:  # noqa: BLE001 - a JVM that died already: still end what is left of it
+        warnings.warn(f"stopping Spark: {exc}", RuntimeWarning, stacklevel=2)
+    if gateway is None:
+        return
+    with SparkContext._lock:
+        SparkContext._gateway = None
+        SparkContext._jvm = None
+    proc: subprocess.Popen | None = getattr(gateway, "proc", None)
+    with contextlib.suppress(Exception):  # py4j's own shutdown may complain about a closing JVM
+        gateway.shutdown()
+    if proc is None:  # a gateway this process did not launch: not ours to end
+        return
+    with contextlib.suppress(OSError):
+        if proc.stdin is not None:
+            proc.stdin.close()
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
 
 
 def spark_type(arrow_type: pa.DataType) -> DataType:

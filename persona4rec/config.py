@@ -134,6 +134,13 @@ class PrepareConfig(_Section):
     )
     item_filter: ItemFilterConfig = ItemFilterConfig()
     samples: SamplesConfig = SamplesConfig()
+    min_kept_share: float = Field(
+        0.01,
+        ge=0.0,
+        le=1.0,
+        description="Fail, publishing nothing, when fewer than this share of the input lines end up in reviews "
+        "(an empty result always fails; 0: only that).",
+    )
 
     @model_validator(mode="after")
     def _rating_range(self) -> PrepareConfig:

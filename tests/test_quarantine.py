@@ -48,15 +48,17 @@ EXPECTED = {
     28: "malformed",  # two objects run together on one line
     29: "invalid_utf8",
 }
-DETAILS = {
-    14: "rating: five",
-    15: "time: yesterday",
-    16: "user id: null",
-    17: "item id: ",
-    18: "rating: 0.0",
-    19: "rating: 7.0",
-    25: 'user id: {"id":"A3NHUQ33CFH3VM"}',
-    26: "time: -86400",
+DETAILS = {  # each names the source field the reader expected (Amazon 2014: reviewerID, asin, overall, ...)
+    14: "overall: five",
+    15: "unixReviewTime: yesterday",
+    16: "reviewerID: null",
+    17: "asin: ",
+    18: "overall: 0.0",
+    19: "overall: 7.0",
+    23: "reviewText: a JSON array or object, not a string",
+    24: "user: 1 interaction, below k=3",
+    25: 'reviewerID: {"id":"A3NHUQ33CFH3VM"}',
+    26: "unixReviewTime: -86400",
 }
 META_EXPECTED = {3: "malformed", 4: "missing_item_id", 5: "duplicate_metadata", 6: "malformed"}
 
@@ -123,18 +125,26 @@ def test_details_name_the_offending_value(quarantine):
     assert (quarantine.user_id[14], quarantine.item_id[14]) == (U1, I1)
 
 
-def test_invalid_lines_keep_their_raw_text(lines, quarantine):
+def test_invalid_lines_and_duplicates_keep_their_raw_text(lines, quarantine):
     _, raw = lines
-    invalid = [line for line, reason in EXPECTED.items() if reason not in ("duplicate", "below_k_core")]
-    for line in invalid:
+    with_raw = [line for line, reason in EXPECTED.items() if reason != "below_k_core"]
+    for line in with_raw:
         assert quarantine.raw[line] == raw[line - 1].decode("utf-8", errors="replace"), line
     assert quarantine.raw[13] == ""
     assert quarantine.raw[29] == NON_UTF8.decode("utf-8", errors="replace")
     assert "Caf\ufffd strings" in quarantine.raw[29]
+    # a duplicate keeps its own line, which may differ from the kept review's
+    assert '"reviewText": "Changed my mind."' in quarantine.raw[21]
     # valid reviews removed by a filter keep their ids, not their text
     for line in (8, 20, 21, 24):
-        assert quarantine.raw[line] is None
         assert quarantine.review_id[line] is not None
+    assert quarantine.raw[24] is None
+
+
+def test_every_quarantined_line_has_a_detail(run):
+    _, tables = run
+    q = tables["quarantine"]
+    assert q.detail.notna().all(), q[q.detail.isna()]
 
 
 def test_duplicates_name_the_kept_review(reviews, quarantine):
@@ -201,7 +211,8 @@ def test_bad_metadata_lines(run):
     assert set(meta.source_file) == {"meta.json"}
     assert meta.raw[3] == "{'asin': 'B0002H0A3S', 'title': 'Planet Wav"
     assert meta.raw[6] == ""
-    assert meta.item_id[5] == I1 and meta.raw[5] is None
+    assert meta.detail[4] == "asin: null"  # the field the reader expected
+    assert meta.item_id[5] == I1 and meta.raw[5] == "{'asin': 'B0002GLDQM', 'title': 'A second record for the strings'}"
     assert result.manifest.counts["metadata_lines"] == 7
     assert result.manifest.counts["metadata_records_valid"] == 3
     items = tables["items"].set_index("item_id")

@@ -19,8 +19,8 @@ from persona4rec import schemas
 from persona4rec.artifacts import Manifest, StageResult, StageStore, Timer, fingerprint
 from persona4rec.config import Config
 from persona4rec.datasets import ResolvedFile, checked_inputs, resolve_files
-from persona4rec.errors import StageUnavailable
-from persona4rec.infra.spark import conform, spark_session
+from persona4rec.errors import Persona4RecError, StageUnavailable
+from persona4rec.infra.spark import conform, stage_session
 from persona4rec.jobs.prepare import clean, readers
 from persona4rec.jobs.prepare.kcore import k_core
 from persona4rec.jobs.prepare.samples import review_samples
@@ -42,12 +42,18 @@ def stage_config(cfg: Config) -> dict[str, Any]:
         "reviews": cfg.data.reviews.filename,
         "metadata": cfg.data.metadata.filename if cfg.data.metadata else None,
     }
-    prepare = cfg.prepare.model_dump(mode="json", exclude={"k_core_driver_max_pairs"})  # where, not what
+    # where it runs, and whether it may publish, not what it writes
+    prepare = cfg.prepare.model_dump(mode="json", exclude={"k_core_driver_max_pairs", "min_kept_share"})
     return {"data": data, "prepare": prepare}
 
 
 def run(cfg: Config, *, spark: SparkSession | None = None, force: bool = False, progress: bool = True) -> PrepareResult:
-    """Prepare the corpus, or return the existing version when inputs and config are unchanged."""
+    """Prepare the corpus, or return the existing version when inputs and config are unchanged.
+
+    Without ``spark``, the stage runs on the process's session and, if it started that session, stops it
+    (and its JVM) when done. A result that keeps too little of the input (``prepare.min_kept_share``, or
+    nothing at all) raises :class:`Persona4RecError` and publishes nothing: ``CURRENT`` stays where it was.
+    """
     files = resolve_files(cfg)
     inputs = checked_inputs(cfg, files, progress=progress)
     scfg = stage_config(cfg)
@@ -56,19 +62,19 @@ def run(cfg: Config, *, spark: SparkSession | None = None, force: bool = False, 
     if not force and (reused := store.reuse(fp)) is not None:
         return reused
 
-    spark = spark or spark_session(cfg.spark)
-    tmp = store.begin(fp)
-    manifest = Manifest.start(
-        STAGE, fp, cfg.hash(), scfg, inputs, spark=spark.version, spark_master=spark.sparkContext.master
-    )
-    try:
-        _build(spark, cfg, files, tmp, manifest, progress)
-        manifest.write(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        spark.catalog.clearCache()
+    with stage_session(cfg.spark, spark) as session:
+        tmp = store.begin(fp)
+        manifest = Manifest.start(
+            STAGE, fp, cfg.hash(), scfg, inputs, spark=session.version, spark_master=session.sparkContext.master
+        )
+        try:
+            _build(session, cfg, files, tmp, manifest, progress)
+            manifest.write(tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        finally:
+            session.catalog.clearCache()
     folder = store.publish(tmp, fp)
     return PrepareResult(folder, manifest, skipped=False)
 
@@ -98,12 +104,21 @@ def _build(
     paths = {f.role: str(f.path) for f in files if f.path is not None}
     counts: dict[str, Any] = {}
 
+    def enough(**left: int) -> None:
+        """Stop here, publishing nothing, when too little of the input is left (see _too_little)."""
+        n.update(left)
+        if why := _too_little(cfg, counts["input_lines"], n, invalid, paths["reviews"]):
+            bar.close()
+            raise Persona4RecError(why)
+
     with step("read"):
-        rows = readers.read_reviews(spark, cfg, paths["reviews"])
-        rows = rows.withColumn("raw", F.when(F.col("reason").isNotNull(), F.col("raw"))).persist()
+        lines = readers.read_reviews(spark, cfg, paths["reviews"])
+        # the cache keeps raw text for invalid lines only (valid ones hold it as fields already)
+        rows = lines.withColumn("raw", F.when(F.col("reason").isNotNull(), F.col("raw"))).persist()
         counts["input_lines"] = rows.count()
         invalid = rows.filter(F.col("reason").isNotNull())
         valid = rows.filter(F.col("reason").isNull()).drop("reason", "detail", "raw")
+        n: dict[str, int] = {"valid": valid.count()}  # lines left after each step, for enough()
         meta = meta_bad = meta_dups = None
         if "metadata" in paths:
             meta_rows = readers.read_metadata(spark, cfg, paths["metadata"]).persist()
@@ -114,11 +129,19 @@ def _build(
     bar.update()
 
     with step("clean"):
-        kept, dups = clean.deduplicate(valid)
-        kept, item_removed = clean.filter_items(kept, meta, cfg.prepare.item_filter)
+        deduped, dups = clean.deduplicate(valid)
+        deduped = deduped.persist()
+        n["deduped"] = deduped.count()
+        if n["valid"] > n["deduped"]:  # each duplicate keeps its line, read again from the file
+            dups = dups.join(lines.select("source_file", "source_line", "raw"), ["source_file", "source_line"], "left")
+        else:
+            dups = dups.withColumn("raw", F.lit(None).cast("string"))
+        kept, item_removed = clean.filter_items(deduped, meta, cfg.prepare.item_filter)
         kept = kept.persist()
         counts["valid_after_clean"] = kept.count()
     bar.update()
+    if counts["valid_after_clean"] == 0:  # nothing for the k-core to work on
+        enough(clean=0, core=0)
 
     with step("k-core"):
         core_users, core_items, passes = k_core(
@@ -132,10 +155,11 @@ def _build(
         )
         in_core = F.col("_u").isNotNull() & F.col("_i").isNotNull()
         final = flagged.filter(in_core).drop("_u", "_i").persist()
-        below = flagged.filter(~in_core).drop("_u", "_i")
+        below = _below_k_core(flagged.filter(~in_core), kept, cfg.prepare.k_core)
         counts["k_core"] = {"k": cfg.prepare.k_core, "passes": passes}
         counts["reviews"] = final.count()
     bar.update()
+    enough(clean=counts["valid_after_clean"], core=counts["reviews"])
 
     with step("split"):
         interactions = leave_one_out(final).persist()
@@ -221,14 +245,14 @@ def _quarantine(
     meta_bad: DataFrame | None,
     meta_dups: DataFrame | None,
 ) -> DataFrame:
-    def removed(df: DataFrame, reason: str, detail: Any) -> DataFrame:
+    def removed(df: DataFrame, reason: str, detail: Any, raw: Any = None) -> DataFrame:
         return df.select(
             F.lit("reviews").alias("source_table"),
             "source_file",
             "source_line",
             F.lit(reason).alias("reason"),
             detail.alias("detail"),
-            F.lit(None).cast("string").alias("raw"),
+            (F.lit(None).cast("string") if raw is None else raw).alias("raw"),
             "review_id",
             "user_id",
             "item_id",
@@ -246,9 +270,9 @@ def _quarantine(
             "user_id",
             "item_id",
         ),
-        removed(dups, "duplicate", F.col("_detail")),
+        removed(dups, "duplicate", F.col("_detail"), F.col("raw")),
         removed(item_removed, "item_filtered", F.col("_detail")),
-        removed(below, "below_k_core", F.lit(None).cast("string")),
+        removed(below, "below_k_core", F.col("_detail")),
     ]
     if meta_bad is not None and meta_dups is not None:
         parts.append(
@@ -271,7 +295,7 @@ def _quarantine(
                 "source_line",
                 F.lit("duplicate_metadata").alias("reason"),
                 F.lit("a second record for the item").alias("detail"),
-                F.lit(None).cast("string").alias("raw"),
+                "raw",
                 F.lit(None).cast("string").alias("review_id"),
                 F.lit(None).cast("string").alias("user_id"),
                 "item_id",
@@ -281,6 +305,74 @@ def _quarantine(
     for part in parts[1:]:
         out = out.unionByName(part)
     return out
+
+
+def _below_k_core(removed: DataFrame, pairs: DataFrame, k: int) -> DataFrame:
+    """The reviews the k-core removed, each with a ``_detail`` naming the side (user, item or both) that fell
+    below k and its interactions before the k-core (fewer than k, or enough until others were removed)."""
+    users = pairs.groupBy("user_id").agg(F.count("*").alias("_nu"))
+    items = pairs.groupBy("item_id").agg(F.count("*").alias("_ni"))
+
+    def side(name: str, flag: str, count: str) -> Any:
+        n = F.col(count)
+        noun = F.when(n == 1, F.lit(" interaction")).otherwise(F.lit(" interactions"))
+        why = F.when(n < k, F.lit(f", below k={k}")).otherwise(F.lit(f", below k={k} once others were removed"))
+        return F.when(F.col(flag).isNull(), F.concat(F.lit(f"{name}: "), n.cast("string"), noun, why))
+
+    detail = F.concat_ws("; ", side("user", "_u", "_nu"), side("item", "_i", "_ni"))
+    return (
+        removed.join(users, "user_id", "left")
+        .join(items, "item_id", "left")
+        .withColumn("_detail", detail)
+        .drop("_u", "_i", "_nu", "_ni")
+    )
+
+
+def _too_little(cfg: Config, n_input: int, n: dict[str, int], invalid: DataFrame, path: str) -> str | None:
+    """Why the corpus must not be published (empty, or under ``prepare.min_kept_share`` of its input), or None.
+
+    ``n``: the lines left after each step (valid, deduped, clean, core). The message says where the lines
+    went, with an example of the commonest quarantine reason, and what to check.
+    """
+    share = cfg.prepare.min_kept_share
+    kept = n["core"]
+    if kept > 0 and kept >= share * n_input:
+        return None
+    name = Path(path).name
+    if n_input == 0:
+        return f"prepare: {name} has no lines. Nothing was published"
+    lost = {
+        "invalid": n_input - n["valid"],
+        "duplicate": n["valid"] - n["deduped"],
+        "item_filtered": n["deduped"] - n["clean"],
+        "below_k_core": n["clean"] - n["core"],
+    }
+    parts = []
+    if lost["invalid"]:
+        by_reason = invalid.groupBy("reason").count().orderBy(F.desc("count"), "reason").collect()
+        top = by_reason[0]["reason"]
+        example = invalid.filter(F.col("reason") == top).orderBy("source_file", "source_line").first()
+        reasons = [f"{r['reason']} {r['count']}" for r in by_reason]
+        reasons[0] += f', e.g. line {example["source_line"]}: "{example["detail"]}"'
+        parts.append(f"{lost['invalid']} invalid ({', '.join(reasons)})")
+    parts += [f"{count} {what}" for what, count in lost.items() if what != "invalid" and count]
+    worst = max(lost, key=lambda what: lost[what])
+    hint = {
+        "invalid": f"check that data.format ({cfg.data.format}) matches the fields of {name}"
+        + (" and that data.columns names them" if cfg.data.format == "generic" else ""),
+        "duplicate": f"check {name}: most of its lines repeat a (user, item) pair",
+        "item_filtered": "check prepare.item_filter against the metadata",
+        "below_k_core": f"lower prepare.k_core ({cfg.prepare.k_core})",
+    }[worst]
+    if kept == 0:
+        what = f"prepare kept none of the {n_input} lines of {name}"
+    else:
+        what = (
+            f"prepare kept {kept} of the {n_input} lines of {name} ({kept / n_input:.2%}), "
+            f"less than prepare.min_kept_share={share:g}"
+        )
+        hint += ", or lower prepare.min_kept_share if so little is expected"
+    return f"{what}: {', '.join(parts)}. Nothing was published; {hint}"
 
 
 def _accounting(

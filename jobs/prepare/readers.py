@@ -8,6 +8,7 @@ crash or a silent null.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -189,6 +190,8 @@ def _canonical_reviews(rows: DataFrame, fields: ReviewFields, cfg: Config) -> Da
     text = F.coalesce(f(fields.text), F.lit(""))
     title = f(fields.title) if fields.title else F.lit(None).cast("string")
 
+    named = dict.fromkeys([fields.user_id, fields.item_id, fields.item_fallback, fields.rating, fields.timestamp])
+    source = [f(n).alias(f"_src_{n}") for n in named if n]  # for the quarantine detail, as the file has them
     canon = rows.select(
         "source_file",
         "source_line",
@@ -198,32 +201,33 @@ def _canonical_reviews(rows: DataFrame, fields: ReviewFields, cfg: Config) -> Da
         user_id.alias("user_id"),
         item_id.alias("item_id"),
         rating.alias("rating"),
-        f(fields.rating).alias("_rating_raw"),
         timestamp.alias("timestamp"),
-        f(fields.timestamp).alias("_timestamp_raw"),
         text.alias("text"),
         title.alias("title"),
         (f(fields.review_id) if fields.review_id else F.lit(None).cast("string")).alias("_source_review_id"),
+        *source,
     )
+    src = lambda name: F.col(f"`_src_{name}`")  # noqa: E731
+    item_fields = [fields.item_id, *([fields.item_fallback] if fields.item_fallback else [])]
     checks: list[tuple[Column, str, Column]] = [
         (~F.col("_utf8"), "invalid_utf8", F.lit("the line holds bytes that are not UTF-8")),
         (F.col("_malformed"), "malformed", F.lit("not a parseable JSON object / row")),
-        (_bad_id("user_id"), "missing_user_id", F.concat(F.lit("user id: "), F.coalesce("user_id", F.lit("null")))),
-        (_bad_id("item_id"), "missing_item_id", F.concat(F.lit("item id: "), F.coalesce("item_id", F.lit("null")))),
+        (_bad_id("user_id"), "missing_user_id", _field_values(src, [fields.user_id])),
+        (_bad_id("item_id"), "missing_item_id", _field_values(src, item_fields)),
         (
             F.col("rating").isNull()
             | F.isnan("rating")
             | (F.col("rating") < p.min_rating)
             | (F.col("rating") > p.max_rating),
             "invalid_rating",
-            F.concat(F.lit("rating: "), F.coalesce("_rating_raw", F.lit("null"))),
+            _field_values(src, [fields.rating]),
         ),
         (
             F.col("timestamp").isNull() | (F.col("timestamp") < p.min_timestamp),
             "invalid_timestamp",
-            F.concat(F.lit("time: "), F.coalesce("_timestamp_raw", F.lit("null"))),
+            _field_values(src, [fields.timestamp]),
         ),
-        (_structured("text"), "invalid_text", F.lit("the text field holds a JSON array or object")),
+        (_structured("text"), "invalid_text", F.lit(f"{fields.text}: a JSON array or object, not a string")),
     ]
     reason = F.lit(None).cast("string")
     detail = F.lit(None).cast("string")
@@ -254,6 +258,12 @@ def _canonical_reviews(rows: DataFrame, fields: ReviewFields, cfg: Config) -> Da
         "text",
         (~F.col("text").rlike(r"\S")).alias("empty_text"),
     )
+
+
+def _field_values(value: Callable[[str], Column], names: list[str]) -> Column:
+    """``name: value`` of each source field a check read (``null`` when absent), e.g. ``parent_asin: null;
+    asin: null``: the detail names the field the reader expected, so a misnamed field is plain to see."""
+    return F.concat_ws("; ", *[F.concat(F.lit(f"{n}: "), F.coalesce(value(n), F.lit("null"))) for n in names])
 
 
 def strip(col: Column | str) -> Column:
@@ -317,6 +327,7 @@ def read_metadata(spark: SparkSession, cfg: Config, path: str) -> DataFrame:
         }
     else:
         raise ValueError(f"format {fmt} has no metadata reader")
+    id_field = next(iter(fields))  # the item id: asin, parent_asin or business_id
     parsed = parsed_lines(spark, path, fields, "m")
     m = lambda name: F.col(f"m.{name}")  # noqa: E731
     payload = F.to_json(F.struct(*[m(n).alias(n) for n in fields]))
@@ -355,6 +366,7 @@ def read_metadata(spark: SparkSession, cfg: Config, path: str) -> DataFrame:
         "_malformed",
         *named,
         payload.alias("metadata_json"),
+        m(id_field).alias("_src_id"),
     )
     out = out.withColumn("item_id", strip("item_id"))
     reason = (
@@ -362,11 +374,16 @@ def read_metadata(spark: SparkSession, cfg: Config, path: str) -> DataFrame:
         .when(F.col("_malformed"), "malformed")
         .when(_bad_id("item_id"), "missing_item_id")
     )
+    detail = (
+        F.when(~F.col("_utf8"), F.lit("the line holds bytes that are not UTF-8"))
+        .when(F.col("_malformed"), F.lit("not a parseable JSON object"))
+        .when(_bad_id("item_id"), _field_values(lambda _: F.col("_src_id"), [id_field]))
+    )
     return out.select(
         "source_file",
         "source_line",
         "raw",
         reason.alias("reason"),
-        F.when(reason.isNotNull(), F.lit("metadata record rejected")).alias("detail"),
+        detail.alias("detail"),
         *METADATA_COLUMNS,
     )

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from persona4rec import schemas
 from persona4rec.artifacts import Manifest, StageResult, StageStore, Timer, fingerprint
 from persona4rec.config import Config, stable_hash
-from persona4rec.errors import StageUnavailable
+from persona4rec.errors import Persona4RecError, StageUnavailable
 from persona4rec.jobs.prepare import job as prepare_job
 from persona4rec.jobs.reason.pool import Ledger, LLMWork, pool_factory
 from persona4rec.reasoning.cache import ResultCache
@@ -85,12 +85,25 @@ def run(
     try:
         with timer("read"):
             items, samples = _read(upstream, cfg.reason.limit_items)
+        if not items:
+            raise Persona4RecError(
+                f"reason: the prepared corpus {upstream.folder} has no items, so there is nothing to reason on. "
+                "Nothing was published; run `p4r prepare --force` to rebuild it"
+            )
         with timer("llm"):
             tables, counts = (_efficient if cfg.reason.mode == "efficient" else _paper)(
                 cfg, prompts, items, samples, work
             )
     finally:
         work.close()
+    if not tables["personas"]:
+        failures = ", ".join(f"{why} {n}" for why, n in sorted(counts["failures_by_reason"].items()))
+        raise Persona4RecError(
+            f"reason: none of the {counts['items']} items got a persona ({failures}). Nothing was published; "
+            "every answer is cached, so after fixing the cause (the model, reason.max_tokens, the prompts) "
+            "`p4r reason --retry-failed` redoes only the failed ones"
+        )
+
 
     tmp = store.begin(fp)
     manifest = Manifest.start(STAGE, fp, cfg.hash(), scfg, inputs, **{k: str(v) for k, v in work.info.items()})
