@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from persona4rec.cf.data import Interactions
+from persona4rec.ranking import metrics_at, target_ranks
 
 #: Users scored at once (a (batch, n_items) float32 block: 1024 x 100k items = 400 MB at most).
 USER_BATCH = 1024
@@ -67,8 +68,9 @@ def mask_seen(scores: np.ndarray, data: Interactions, users: np.ndarray, split: 
 def full_ranking(gen: Generator, data: Interactions, split: str, ks=(10,), users=None) -> dict[str, float]:
     """HR@k and NDCG@k of the held-out item of ``split`` ranked against every unseen item.
 
-    Ties count against the target (a constant scorer scores zero). Users without a held-out item are
-    skipped; ``users`` restricts the evaluation to a subset (e.g. a sample for early stopping).
+    Ties count against the target (:mod:`persona4rec.ranking`'s policy for a whole catalogue: a constant
+    scorer scores zero). Users without a held-out item are skipped; ``users`` restricts the evaluation to a
+    subset (e.g. a sample for early stopping).
     """
     target = data.valid if split == "valid" else data.test
     pool = np.flatnonzero(target >= 0) if users is None else np.asarray(users)[target[users] >= 0]
@@ -76,13 +78,12 @@ def full_ranking(gen: Generator, data: Interactions, split: str, ks=(10,), users
     for lo in range(0, len(pool), USER_BATCH):
         batch = pool[lo : lo + USER_BATCH]
         s = mask_seen(gen.scores(batch), data, batch, split)
-        t = s[np.arange(len(batch)), target[batch]][:, None]
-        ranks.append((s >= t).sum(1))  # 1-based, pessimistic on ties
+        ranks.append(target_ranks(s, target[batch]))
     r = np.concatenate(ranks) if ranks else np.zeros(0, dtype=np.int64)
+    values = metrics_at(r, ks)
     out = {}
     for k in ks:
-        hit = r <= k
-        out[f"hr@{k}"] = float(hit.mean()) if len(r) else float("nan")
-        out[f"ndcg@{k}"] = float(np.where(hit, 1 / np.log2(r + 1), 0).mean()) if len(r) else float("nan")
+        for name in ("hr", "ndcg"):
+            out[f"{name}@{k}"] = float(values[f"{name}@{k}"].mean()) if len(r) else float("nan")
     out["users"] = int(len(r))
     return out

@@ -1,23 +1,31 @@
 """Training and validation data of the encoder, as flat arrays that travel cheaply to Ray Train workers.
 
-Built from the embed stage (texts and base vectors of every interaction and persona) and the align
-stage (positive persona of labelled training interactions):
+Built from the embed stage (texts and base vectors of every interaction and persona), the align stage
+(positive persona of labelled training interactions) and, when given, the candidates stage (first-stage
+lists of the validation users):
 
-- **train examples**: a labelled interaction with the user's history strictly before it (last L);
+- **item examples**: every training interaction that has an earlier one, with the user's history
+  strictly before it (the last L, :func:`~persona4rec.ranking.window`) and the item as the positive;
+  optionally the first stage's hard negatives for that user (its validation list: a model trained on the
+  training split only, the user's training items already left out);
+- **persona examples** (``train``): a labelled interaction with its positive persona (the paper's labels);
 - **held-out examples**: the labels of a deterministic share of users (``train.holdout_users``), never
   trained on, for persona-level recall;
 - **validation users**: each user's valid-split interaction, with the last L training interactions as
-  history and the user's training items excluded from the ranking (item-level hit rate).
+  history, the user's training items excluded from a catalogue ranking, and each first stage's
+  validation list (what the reranker will reorder: model selection happens on it).
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import pyarrow as pa
 
+from persona4rec.ranking import window, windows
 from persona4rec.schemas import arrow_to_vectors
 
 
@@ -38,11 +46,33 @@ class Examples:
 
 
 @dataclass
+class ItemExamples:
+    """Rows of (history -> positive item); ``negatives`` (n, H) hard-negative item indices, -1 padded."""
+
+    history: np.ndarray
+    lengths: np.ndarray
+    item: np.ndarray  # item index of the interaction
+    user: np.ndarray  # user index (false-negative masking)
+    negatives: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.item)
+
+    def take(self, idx: np.ndarray) -> ItemExamples:
+        return ItemExamples(self.history[idx], self.lengths[idx], self.item[idx], self.user[idx], self.negatives[idx])
+
+
+@dataclass
 class ValidationUsers:
     history: np.ndarray
     lengths: np.ndarray
     target_item: np.ndarray  # item index of the valid interaction
     seen_items: list[np.ndarray]  # item indices to exclude (the user's training items)
+    #: generator -> (n, c) item indices of each user's validation list, best first; -1 for padding and for
+    #: items without personas (they never outrank an item with personas here)
+    lists: dict[str, np.ndarray] = field(default_factory=dict)
+    #: generator -> users with a validation list: the denominator of a list metric (a miss scores 0)
+    list_users: dict[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.target_item)
@@ -63,10 +93,27 @@ class AlignmentData:
     heldout: Examples
     valid: ValidationUsers
     counts: dict[str, int]
+    items: ItemExamples | None = None
+    user_items: list[np.ndarray] = field(default_factory=list)  # per user index: training item indices
+    item_popularity: np.ndarray | None = None  # (n_items,) training interactions per item
 
     @property
     def dim(self) -> int:
         return int(self.persona_vectors.shape[1])
+
+    @cached_property
+    def _item_slots(self) -> np.ndarray:
+        order = np.argsort(self.persona_item, kind="stable")
+        counts = np.bincount(self.persona_item, minlength=len(self.item_ids))
+        slots = np.full((len(self.item_ids), max(int(counts.max(initial=0)), 1)), -1, dtype=np.int64)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        rank = np.arange(len(order)) - np.repeat(starts, counts)
+        slots[self.persona_item[order], rank] = order
+        return slots
+
+    def item_slots(self) -> np.ndarray:
+        """(n_items, W) persona indices of each item, -1 padded (W: the most personas of an item)."""
+        return self._item_slots
 
     def needed_interactions(self) -> np.ndarray:
         """Interaction indices that validation reads (text modes re-encode only these)."""
@@ -83,9 +130,18 @@ def held_out(user_id: str, share: float) -> bool:
 
 
 def build(
-    interactions: pa.Table, personas: pa.Table, labels: pa.Table, *, history: int, holdout_users: float
+    interactions: pa.Table,
+    personas: pa.Table,
+    labels: pa.Table,
+    *,
+    history: int,
+    holdout_users: float,
+    candidates: pa.Table | None = None,
+    hard_negatives: int = 0,
+    hard_negatives_from: str | None = None,
 ) -> AlignmentData:
-    """``interactions``/``personas``: the embed stage's interaction_vectors/persona_vectors tables."""
+    """``interactions``/``personas``: the embed stage's interaction_vectors/persona_vectors tables;
+    ``candidates``: the candidates stage's table (its 'valid' lists are read, never 'test')."""
     interactions = interactions.sort_by([("user_id", "ascending"), ("position", "ascending")])
     users = interactions["user_id"].to_pylist()
     positions = interactions["position"].to_pylist()
@@ -116,13 +172,13 @@ def build(
         if pid not in persona_index or (user, pos) not in row_of:
             counts["labels_unknown_persona"] += 1
             continue
-        earlier = [r for r in train_rows.get(user, []) if positions[r] < pos][-history:]
+        earlier = window([r for r in train_rows.get(user, []) if positions[r] < pos], history)
         if not earlier:
             counts["labels_without_history"] += 1
             continue
         buckets[held_out(user, holdout_users)].append((earlier, persona_index[pid], user_index[user]))
 
-    valid_hist, valid_target, valid_seen = [], [], []
+    valid_hist, valid_target, valid_seen, valid_users = [], [], [], []
     counts["valid_users"] = len(valid_row)
     counts["valid_target_without_personas"] = 0
     for user, row in valid_row.items():
@@ -131,15 +187,61 @@ def build(
         if target is None or not rows:
             counts["valid_target_without_personas"] += target is None
             continue
-        valid_hist.append(rows[-history:])
+        valid_users.append(user)
+        valid_hist.append(window(rows, history))
         valid_target.append(target)
         seen = sorted({item_index[inter_items[r]] for r in rows if inter_items[r] in item_index})
         valid_seen.append(np.array(seen, dtype=np.int64))
 
     train, heldout = (_examples(buckets[flag], history) for flag in (False, True))
-    hist, lengths = _pad(valid_hist, history)
+    hist, lengths = windows(valid_hist, history)
     valid = ValidationUsers(hist, lengths, np.array(valid_target, dtype=np.int64), valid_seen)
-    counts.update(train_examples=len(train), heldout_examples=len(heldout), valid_examples=len(valid))
+
+    lists = _valid_lists(candidates, item_index) if candidates is not None else {}
+    for gen, per_user in lists.items():
+        width = max((len(v) for v in per_user.values()), default=0)
+        mat = np.full((len(valid_users), width), -1, dtype=np.int64)
+        for k, u in enumerate(valid_users):
+            row = per_user.get(u, [])
+            mat[k, : len(row)] = row
+        valid.lists[gen], valid.list_users[gen] = mat, len(per_user)
+    if hard_negatives and hard_negatives_from not in lists:
+        raise ValueError(
+            f"hard negatives from {hard_negatives_from!r}: the candidates hold validation lists of {sorted(lists)}"
+        )
+    negatives_of = lists.get(hard_negatives_from, {}) if hard_negatives else {}
+
+    # every training interaction with an earlier one: history -> item (and its first-stage negatives)
+    user_items = [np.zeros(0, dtype=np.int64)] * len(user_index)
+    item_rows: list[tuple[list[int], int, int, list[int]]] = []
+    counts["interactions_item_without_personas"] = 0
+    for user, rows in train_rows.items():
+        uidx = user_index[user]
+        known = sorted({item_index[inter_items[r]] for r in rows if inter_items[r] in item_index})
+        user_items[uidx] = np.array(known, dtype=np.int64)
+        known_set = set(known)
+        negs = [i for i in negatives_of.get(user, []) if i >= 0 and i not in known_set][:hard_negatives]
+        for k, r in enumerate(rows[1:], start=1):
+            target = item_index.get(inter_items[r])
+            if target is None:
+                counts["interactions_item_without_personas"] += 1
+                continue
+            item_rows.append((window(rows[:k], history), target, uidx, negs))
+    ih, il = windows([r[0] for r in item_rows], history)
+    neg = np.full((len(item_rows), hard_negatives), -1, dtype=np.int64)
+    for k, r in enumerate(item_rows):
+        neg[k, : len(r[3])] = r[3]
+    items = ItemExamples(
+        ih, il, np.array([r[1] for r in item_rows], dtype=np.int64),
+        np.array([r[2] for r in item_rows], dtype=np.int64), neg,
+    )  # fmt: skip
+    popularity = np.zeros(len(item_ids), dtype=np.int64)
+    for rows in train_rows.values():
+        for r in rows:
+            if inter_items[r] in item_index:
+                popularity[item_index[inter_items[r]]] += 1
+    counts.update(train_examples=len(train), heldout_examples=len(heldout), valid_examples=len(valid),
+                  item_examples=len(items), valid_lists={g: int(n) for g, n in valid.list_users.items()})  # fmt: skip
     return AlignmentData(
         interaction_texts=interactions["text"].to_pylist(),
         interaction_vectors=arrow_to_vectors(interactions["vector"]),
@@ -152,18 +254,24 @@ def build(
         heldout=heldout,
         valid=valid,
         counts=counts,
+        items=items,
+        user_items=user_items,
+        item_popularity=popularity,
     )
 
 
-def _pad(rows: list[list[int]], width: int) -> tuple[np.ndarray, np.ndarray]:
-    out = np.full((len(rows), width), -1, dtype=np.int64)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = r
-    return out, np.array([len(r) for r in rows], dtype=np.int64)
+def _valid_lists(candidates: pa.Table, item_index: dict[str, int]) -> dict[str, dict[str, list[int]]]:
+    """generator -> user -> the item indices of that user's 'valid' list (-1: an item without personas)."""
+    out: dict[str, dict[str, list[int]]] = {}
+    cols = (candidates[c].to_pylist() for c in ("generator", "split", "user_id", "items"))
+    for gen, split, user, items in zip(*cols, strict=True):
+        if split == "valid":
+            out.setdefault(gen, {})[user] = [item_index.get(i, -1) for i in items]
+    return out
 
 
 def _examples(rows: list[tuple[list[int], int, int]], width: int) -> Examples:
-    hist, lengths = _pad([r[0] for r in rows], width)
+    hist, lengths = windows([r[0] for r in rows], width)
     return Examples(
         hist, lengths, np.array([r[1] for r in rows], dtype=np.int64), np.array([r[2] for r in rows], dtype=np.int64)
     )

@@ -52,6 +52,12 @@ def settings_from(cfg: Config) -> dict[str, Any]:
         "temperature": e.temperature,
         "label_smoothing": e.label_smoothing,
         "mask": list(e.mask),
+        "target": e.objective.target,
+        "aggregation": e.objective.aggregation,
+        "smoothing": e.objective.smoothing,
+        "negatives": e.objective.negatives,
+        "popularity_prior": e.objective.popularity_prior,
+        "persona_weight": e.objective.persona_weight,
         "patience": t.patience,
         "metric": t.metric,
         "seed": t.seed,
@@ -78,13 +84,15 @@ def fit(
     if metric not in baseline:
         raise ValueError(
             f"validation metric {metric!r} has no data: {data.counts} "
-            "(hr@10 needs valid-split users whose item has personas; persona_recall@10 needs held-out labels)"
+            "(hr@10 needs valid-split users whose item has personas; list_ndcg@10 needs the candidates stage's "
+            "validation lists too; persona_recall@10 needs held-out labels)"
         )
     if spec.mode == "vanilla":
         encoder = Encoder(spec, torch.nn.Identity())
         return _tune(encoder, data, gamma_grid, metric, [], -1, baseline)
-    if len(data.train) == 0:
-        raise ValueError(f"no training examples: {data.counts}")
+    examples = data.items if settings["target"] == "item" else data.train
+    if examples is None or len(examples) == 0:
+        raise ValueError(f"no training examples for the {settings['target']} target: {data.counts}")
     try:
         from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
         from ray.train.torch import TorchTrainer

@@ -1,10 +1,13 @@
 """The per-worker training loop that Ray Train runs (data parallel, one process per worker).
 
-Each epoch every worker takes an equal shard of a seeded permutation of the training examples, encodes
-its batch (history interactions and positive personas in one forward pass), gathers the personas of all
-workers as negatives, and steps on the InfoNCE loss. Rank 0 then validates, the verdict is broadcast,
-and a checkpoint is reported holding the latest state (to resume after a failure) and the best state so
-far (what training returns). Early stopping ends every worker on the same epoch.
+Each epoch every worker takes an equal shard of a seeded permutation of the training examples and
+encodes its batch in one forward pass. With ``encoder.objective.target: item`` the examples are every
+training interaction with a history, each item scored as the max over its personas against the batch's
+other items (or the catalogue) and the first stage's hard negatives (:func:`item_batch_loss`); with
+``persona`` they are the labelled interactions, positive personas against the personas of every
+worker's batch (:func:`batch_loss`). Rank 0 then validates, the verdict is broadcast, and a checkpoint
+is reported holding the latest state (to resume after a failure) and the best state so far (what
+training returns). Early stopping ends every worker on the same epoch.
 """
 
 from __future__ import annotations
@@ -19,8 +22,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from persona4rec.encoder.data import AlignmentData, Examples
-from persona4rec.encoder.loss import false_negative_mask, info_nce
+from persona4rec.encoder.data import AlignmentData, Examples, ItemExamples
+from persona4rec.encoder.loss import false_negative_mask, info_nce, item_info_nce, item_scores
 from persona4rec.encoder.model import EncoderSpec, TextTower, build_tower, encode_texts, load_trainable, trainable_state
 from persona4rec.encoder.profile import history_weights
 from persona4rec.encoder.validate import evaluate
@@ -51,7 +54,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     )
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=s["lr"], weight_decay=s["weight_decay"])
-    per_worker = max(len(data.train) // world, 1)
+    item_target = s["target"] == "item"
+    examples = data.items if item_target else data.train
+    per_worker = max(len(examples) // world, 1)
     steps = s["epochs"] * math.ceil(per_worker / s["batch_size"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_linear(int(steps * s["warmup_ratio"]), steps))
     start, best, best_state, best_epoch, bad, history = 0, -1.0, trainable_state(model), -1, 0, []
@@ -66,12 +71,21 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     for epoch in range(start, s["epochs"]):
         t0 = time.perf_counter()
         model.train()
-        perm = np.random.default_rng(s["seed"] + epoch).permutation(len(data.train))
+        rng = np.random.default_rng(s["seed"] + epoch)
+        perm = rng.permutation(len(examples))
         shard = perm[(rank * per_worker) % len(perm) :][:per_worker]
+        labelled = rng.permutation(len(data.train)) if item_target and s["persona_weight"] > 0 else None
         losses = []
-        for lo in range(0, len(shard), s["batch_size"]):
-            batch = data.train.take(shard[lo : lo + s["batch_size"]])
-            loss = batch_loss(model, spec, data, batch, s, world, rank, device)
+        for step, lo in enumerate(range(0, len(shard), s["batch_size"])):
+            batch = examples.take(shard[lo : lo + s["batch_size"]])
+            if item_target:
+                extra = None
+                if labelled is not None and len(labelled):
+                    at = (step * s["batch_size"]) % len(labelled)
+                    extra = data.train.take(np.roll(labelled, -at)[: s["batch_size"]])
+                loss = item_batch_loss(model, spec, data, batch, s, device, extra)
+            else:
+                loss = batch_loss(model, spec, data, batch, s, world, rank, device)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -154,6 +168,74 @@ def encode_batch(
     return out[: len(interactions)], out[len(interactions) :]
 
 
+def _profiles(inter: torch.Tensor, inverse: np.ndarray, history: np.ndarray, lengths: np.ndarray, gamma: float,
+              device) -> torch.Tensor:  # fmt: skip
+    """Unit recency-weighted profiles (B, d) from encoded interactions ``inter`` and each history slot's row
+    in it (``inverse``, over the slots where ``history >= 0``)."""
+    weights = torch.from_numpy(history_weights(lengths, history.shape[1], gamma)).to(device)
+    slots = np.zeros(history.shape, dtype=np.int64)
+    slots[history >= 0] = inverse
+    hist = inter[torch.from_numpy(slots).to(device)]  # (B, L, d); padding slots hold row 0 with weight 0
+    return torch.nn.functional.normalize((weights[..., None] * hist).sum(1), dim=-1)
+
+
+def item_batch_loss(
+    model, spec: EncoderSpec, data: AlignmentData, batch: ItemExamples, s, device, labelled: Examples | None = None
+):
+    """Item-level InfoNCE of one batch (:func:`~persona4rec.encoder.loss.item_info_nce`), plus
+    ``s["persona_weight"]`` times the persona-level InfoNCE of ``labelled`` examples when given.
+
+    Candidate items: the batch's own items and hard negatives (``negatives: batch``) or every item
+    (``catalogue``); each user's training items are masked as false negatives. Everything the step needs
+    is encoded in one forward pass (DDP wants one).
+    """
+    item_slots = data.item_slots()
+    if s["negatives"] == "catalogue":
+        columns = np.arange(len(data.item_ids))
+    else:
+        columns = np.unique(np.concatenate([batch.item, batch.negatives[batch.negatives >= 0]]))
+    col_slots = item_slots[columns]  # (M, W) persona indices, -1 padded
+    wanted = [col_slots[col_slots >= 0]]
+    if labelled is not None:
+        wanted.append(labelled.positive)
+    personas, p_inverse = np.unique(np.concatenate(wanted), return_inverse=True)
+    histories = [batch.history[batch.history >= 0]]
+    if labelled is not None:
+        histories.append(labelled.history[labelled.history >= 0])
+    flat, inverse = np.unique(np.concatenate(histories), return_inverse=True)
+    inter, pers = encode_batch(model, spec, data, flat, personas)
+
+    n_hist = int((batch.history >= 0).sum())
+    users = _profiles(inter, inverse[:n_hist], batch.history, batch.lengths, spec.gamma, device)
+    remapped = np.full(col_slots.shape, -1, dtype=np.int64)
+    n_cols = int((col_slots >= 0).sum())
+    remapped[col_slots >= 0] = p_inverse[:n_cols]
+    scores = item_scores(users, pers, torch.from_numpy(remapped).to(device), aggregation=s["aggregation"],
+                         smoothing=s["smoothing"])  # fmt: skip
+    positives = np.searchsorted(columns, batch.item)
+    false_neg = np.stack([np.isin(columns, data.user_items[u]) for u in batch.user])
+    prior = None
+    if s["popularity_prior"]:
+        prior = torch.from_numpy(np.log1p(data.item_popularity[columns]).astype(np.float32)).to(device)
+    loss = item_info_nce(
+        scores, torch.from_numpy(positives).to(device), temperature=s["temperature"],
+        false_negatives=torch.from_numpy(false_neg).to(device), prior=prior,
+    )  # fmt: skip
+    if labelled is None:
+        return loss
+    p_users = _profiles(inter, inverse[n_hist:], labelled.history, labelled.lengths, spec.gamma, device)
+    p_pos = pers[torch.from_numpy(p_inverse[n_cols:]).to(device)]
+    keys = {
+        "persona": torch.from_numpy(labelled.positive).to(device),
+        "item": torch.from_numpy(data.persona_item[labelled.positive]).to(device),
+        "user": torch.from_numpy(labelled.user).to(device),
+    }
+    mask = false_negative_mask([keys[m] for m in s["mask"]], [keys[m] for m in s["mask"]]) if s["mask"] else None
+    term = info_nce(p_users, p_pos, torch.arange(len(labelled), device=device), temperature=s["temperature"],
+                    false_negatives=mask, label_smoothing=s["label_smoothing"])  # fmt: skip
+    return loss + s["persona_weight"] * term
+
+
 def batch_loss(model, spec: EncoderSpec, data: AlignmentData, batch: Examples, s, world: int, rank: int, device):
     """InfoNCE of one batch: recency-weighted history profiles against their positive personas.
 
@@ -163,11 +245,7 @@ def batch_loss(model, spec: EncoderSpec, data: AlignmentData, batch: Examples, s
     """
     flat, inverse = np.unique(batch.history[batch.history >= 0], return_inverse=True)
     inter, pers = encode_batch(model, spec, data, flat, batch.positive)
-    weights = torch.from_numpy(history_weights(batch.lengths, batch.history.shape[1], spec.gamma)).to(device)
-    slots = np.zeros(batch.history.shape, dtype=np.int64)
-    slots[batch.history >= 0] = inverse
-    hist = inter[torch.from_numpy(slots).to(device)]  # (B, L, d); padding slots hold row 0 with weight 0
-    users = torch.nn.functional.normalize((weights[..., None] * hist).sum(1), dim=-1)
+    users = _profiles(inter, inverse, batch.history, batch.lengths, spec.gamma, device)
 
     keys = {
         "persona": torch.from_numpy(batch.positive).to(device),

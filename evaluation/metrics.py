@@ -1,12 +1,6 @@
-"""Ranking metrics for one held-out item per user, with bootstrap intervals and a paired test.
+"""Statistics over per-user metric values: means, bootstrap intervals, a paired test and segments.
 
-A user's result is the 1-based rank of their held-out item in a reranked list, 0 when the item is not
-in the list (including an empty list). With one relevant item:
-
-- HR@K = 1 if 1 <= rank <= K;
-- MRR@K = 1 / rank if 1 <= rank <= K;
-- NDCG@K = 1 / log2(rank + 1) if 1 <= rank <= K (the ideal DCG is 1).
-
+Ranks, the tie policy and the per-user HR/MRR/NDCG values come from :mod:`persona4rec.ranking`.
 Means are over every evaluated user, so a user whose item the first stage missed scores 0 for every
 reranker (as in the paper). Intervals are percentile bootstraps over users; the significance test is a
 paired two-sided randomization (sign-flip) test on per-user differences.
@@ -14,45 +8,9 @@ paired two-sided randomization (sign-flip) test on per-user differences.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 
 METRICS = ("hr", "mrr", "ndcg")
-
-
-def target_ranks(scores: np.ndarray, tie_break: np.ndarray, target_col: np.ndarray) -> np.ndarray:
-    """1-based rank of each row's target column when candidates are ordered by score, best first.
-
-    ``scores`` (n, c), -inf on padding; ``tie_break`` (n, c): among equal scores the smaller value comes
-    first (the first-stage position); ``target_col`` (n,), -1 when the target is not among the candidates
-    (rank 0). A padding column never outranks anything.
-    """
-    scores = np.asarray(scores, dtype=np.float64)
-    n = len(scores)
-    ranks = np.zeros(n, dtype=np.int64)
-    present = np.flatnonzero(np.asarray(target_col) >= 0)
-    if not len(present):
-        return ranks
-    rows, cols = present, np.asarray(target_col)[present]
-    s, tb = scores[rows], np.asarray(tie_break)[rows]
-    ts, tt = s[np.arange(len(rows)), cols][:, None], tb[np.arange(len(rows)), cols][:, None]
-    ahead = (s > ts) | ((s == ts) & (tb < tt))
-    ranks[rows] = ahead.sum(1) + 1
-    return ranks
-
-
-def per_user(ranks: np.ndarray, ks: Sequence[int]) -> dict[str, np.ndarray]:
-    """Per-user values of every metric at every K: {'hr@10': (n,), ...}."""
-    r = np.asarray(ranks)
-    out = {}
-    for k in ks:
-        hit = (r >= 1) & (r <= k)
-        safe = np.maximum(r, 1)
-        out[f"hr@{k}"] = hit.astype(np.float64)
-        out[f"mrr@{k}"] = np.where(hit, 1.0 / safe, 0.0)
-        out[f"ndcg@{k}"] = np.where(hit, 1.0 / np.log2(safe + 1), 0.0)
-    return out
 
 
 def mean(values: np.ndarray) -> float:

@@ -1,7 +1,7 @@
 """The rerankers compared in an evaluation: each orders the same candidate lists.
 
 A reranker maps :class:`Lists` (one generator's candidates for some users) to a score per candidate;
-the order is by score, ties broken by first-stage position (:func:`~persona4rec.evaluation.metrics.target_ranks`).
+the order is by score, ties broken by first-stage position (the tie policy of :mod:`persona4rec.ranking`).
 Persona rerankers score with :class:`~persona4rec.scoring.PersonaTable`, the code the service runs.
 """
 
@@ -73,14 +73,21 @@ class PersonaScorer:
     weight: float = 0.0
 
     def persona_scores(self, lists: Lists) -> np.ndarray:
-        users = np.stack([self.profiles[u] for u in lists.user_ids]) if len(lists.user_ids) else None
-        if users is None or lists.items.shape[1] == 0:
+        if not len(lists.user_ids) or lists.items.shape[1] == 0:
             return np.full(lists.items.shape, -np.inf, dtype=np.float32)
+        scores, _ = self.table.scores(*self._inputs(lists))
+        return scores
+
+    def persona_stats(self, lists: Lists) -> dict[str, np.ndarray]:
+        """:meth:`~persona4rec.scoring.PersonaTable.persona_stats` of every candidate (the learned reranker's)."""
+        return self.table.persona_stats(*self._inputs(lists))
+
+    def _inputs(self, lists: Lists) -> tuple[np.ndarray, np.ndarray]:
+        users = np.stack([self.profiles[u] for u in lists.user_ids])
         rows = np.full(lists.items.shape, -1, dtype=np.int64)
         valid = lists.valid
         rows[valid] = self.table.rows(lists.items[valid].tolist())  # summary rows cover items without personas
-        scores, _ = self.table.scores(users, rows)
-        return scores
+        return users, rows
 
     def __call__(self, lists: Lists) -> np.ndarray:
         fs = np.where(lists.valid, lists.first_stage, -np.inf)

@@ -3,7 +3,9 @@
 A SQLite store under ``paths.artifacts`` by default (with run artifacts beside it), any tracking server
 by ``mlflow.tracking_uri``. Each training run logs its configuration, input manifest hashes, metrics per
 epoch and the encoder as a pyfunc model (texts in, unit vectors out) registered under
-``mlflow.registered_model``; the ``champion`` alias marks the version serving should use.
+``mlflow.registered_model``; the ``champion`` alias marks the version serving should use. The learned
+reranker fitted with an encoder (`p4r evaluate`) is logged into that encoder's run (``reranker/<generator>``)
+and named on its model version (tag ``reranker.<generator>``), so the service finds it from the version.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ except ImportError as exc:  # pragma: no cover - the extra is part of every inst
 from persona4rec.encoder.model import Encoder
 
 ARTIFACT = "encoder"
+RERANKER = "reranker"
 
 
 class EncoderModel(mlflow.pyfunc.PythonModel):
@@ -157,6 +160,26 @@ def record_index(cfg: Config, version: str, index: str) -> None:
     c = client(cfg)
     now = datetime.now(UTC).isoformat(timespec="seconds")
     c.set_model_version_tag(cfg.registered_model, version, f"index.{index}", now)
+
+
+def log_reranker(cfg: Config, version: str, folder: Path, generator: str, fingerprint: str) -> None:
+    """Log a learned reranker into the run of the encoder version it was fitted with (latest wins)."""
+    c = client(cfg)
+    run_id = c.get_model_version(cfg.registered_model, version).run_id
+    if not run_id:
+        return
+    c.log_artifacts(run_id, str(folder), f"{RERANKER}/{generator}")
+    c.set_model_version_tag(cfg.registered_model, version, f"{RERANKER}.{generator}", fingerprint[:16])
+
+
+def load_reranker(cfg: Config, version: str, generator: str) -> Path | None:
+    """A local copy of the learned reranker logged with an encoder version, or None when it has none."""
+    c = client(cfg)
+    mv = c.get_model_version(cfg.registered_model, version)
+    if f"{RERANKER}.{generator}" not in (mv.tags or {}) or not mv.run_id:
+        return None
+    return Path(mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path=f"{RERANKER}/{generator}",
+                                                    tracking_uri=cfg.tracking_uri))  # fmt: skip
 
 
 def _record_promotion(c: MlflowClient, cfg: Config, version: str, record: dict[str, Any]) -> None:

@@ -385,6 +385,41 @@ class LoraOptions(_Section):
     target_modules: list[str] | None = Field(None, description="null: peft's default for the architecture.")
 
 
+class ObjectiveConfig(_Section):
+    """What the encoder learns (the losses, their inputs and maths: persona4rec/encoder/loss.py)."""
+
+    target: Literal["item", "persona"] = Field(
+        "item",
+        description=(
+            "item: every training interaction with a history is a positive, its item scored as the max over its "
+            "personas (what serving ranks by); persona: only interactions whose review a persona cites (or the judge "
+            "labelled), the labelled persona as the positive (the paper)."
+        ),
+    )
+    aggregation: Literal["max", "logsumexp"] = Field(
+        "max", description="How an item's score is made from its personas' cosines while training (item target)."
+    )
+    smoothing: float = Field(0.05, gt=0, description="sigma of the logsumexp aggregation.")
+    negatives: Literal["batch", "catalogue"] = Field(
+        "batch",
+        description="Item target: the other items of the batch, or every item with personas, are the negatives.",
+    )
+    hard_negatives: int = Field(
+        0, ge=0, description="Item target: first-stage items per example added as negatives (0: none)."
+    )
+    hard_negatives_from: str = Field(
+        "lightgcn", description="The candidates generator whose validation lists give the hard negatives."
+    )
+    popularity_prior: bool = Field(
+        False,
+        description="Item target: add log training popularity to the logits while training (logit adjustment), so "
+        "the persona score learns what popularity does not explain.",
+    )
+    persona_weight: float = Field(
+        0.0, ge=0, description="Item target: weight of the persona-level term on the labelled interactions (0: off)."
+    )
+
+
 class EncoderConfig(_Section):
     """The alignment encoder: one shared tower for user interactions and personas."""
 
@@ -401,6 +436,7 @@ class EncoderConfig(_Section):
         default_factory=lambda: ["persona", "item"],
         description="In-batch negatives masked as likely false negatives: same persona, same item, same user.",
     )
+    objective: ObjectiveConfig = ObjectiveConfig()
     profile: ProfileConfig = ProfileConfig()
     lora: LoraOptions = LoraOptions()
 
@@ -419,12 +455,18 @@ class TrainConfig(_Section):
     weight_decay: float = Field(0.01, ge=0)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     patience: int = Field(3, ge=1, description="Epochs without a better validation metric before stopping.")
-    metric: Literal["hr@10", "persona_recall@10"] = Field(
-        "hr@10",
+    metric: Literal["list_ndcg@10", "hr@10", "persona_recall@10"] = Field(
+        "list_ndcg@10",
         description=(
-            "Validation metric for early stopping, gamma and promotion: hr@10 ranks all items with personas for "
-            "each valid-split user; persona_recall@10 ranks all personas for held-out labelled interactions."
+            "Validation metric for early stopping, gamma and promotion: list_ndcg@10 reranks each valid-split user's "
+            "first-stage list (train.lists; the task the encoder serves); hr@10 ranks all items with personas; "
+            "persona_recall@10 ranks all personas for held-out labelled interactions."
         ),
+    )
+    lists: list[str] | None = Field(
+        None,
+        description="Generators whose validation lists list_ndcg@10 averages over; null: every generator of "
+        "candidates.generators but popularity.",
     )
     holdout_users: float = Field(0.1, ge=0, lt=1, description="Share of labelled users whose labels are held out.")
     max_failures: int = Field(2, ge=0, description="Worker-group restarts from the last checkpoint (FailureConfig).")
@@ -514,6 +556,11 @@ class ScoreConfig(_Section):
             "w in (1 - w) * persona score + w * first-stage score (min-max scaled per request); 0: personas only. "
             "Tune it on validation (persona4rec.scoring.tune_fusion)."
         ),
+    )
+    learned_generator: str | None = Field(
+        None,
+        description="The first stage whose validation lists fit the learned reranker the service uses on requests "
+        "with first-stage scores; null: the last of candidates.generators.",
     )
     fusion_grid: list[float] = Field(
         default_factory=lambda: [0.0, 0.1, 0.2, 0.3, 0.5, 0.7], description="Weights tried when tuning fusion."
@@ -613,7 +660,8 @@ class ListwiseConfig(_Section):
 
 
 Reranker = Literal[
-    "first_stage", "popularity", "persona_vanilla", "persona", "persona_fused", "summary", "llm_listwise"
+    "first_stage", "popularity", "persona_vanilla", "persona", "persona_fused", "summary", "learned",
+    "learned_no_persona", "llm_listwise",
 ]
 
 
@@ -625,13 +673,16 @@ class EvaluateConfig(_Section):
     )
     rerankers: list[Reranker] = Field(
         default_factory=lambda: [
-            "first_stage", "popularity", "persona_vanilla", "persona", "persona_fused", "summary", "llm_listwise",
+            "first_stage", "popularity", "persona_vanilla", "persona", "persona_fused", "summary", "learned",
+            "learned_no_persona", "llm_listwise",
         ],
         description=(
             "first_stage: the generator's order; popularity; persona_vanilla: personas with the untuned base "
             "encoder; persona: the registered encoder (index.encoder_version, else the champion); persona_fused: "
             "the same fused with the first stage, weight tuned on validation; summary: one summary vector per "
-            "item, same encoder; llm_listwise: zero-shot listwise LLM (evaluate.listwise)."
+            "item, same encoder; learned: LambdaRank over persona and first-stage features, fitted on the "
+            "validation lists (persona4rec.learned) and registered with the encoder; learned_no_persona: the "
+            "same without the persona features (what the personas add); llm_listwise: zero-shot listwise LLM."
         ),
     )  # fmt: skip
     ks: list[int] = Field(default_factory=lambda: [5, 10, 20], description="Cut-offs K of HR, MRR and NDCG.")
@@ -715,6 +766,17 @@ class Config(_Section):
         if self.index.uri:
             return self.index.uri
         return str((Path(self.paths.artifacts).expanduser() / "milvus.db").resolve())
+
+    @property
+    def learned_generator(self) -> str:
+        return self.score.learned_generator or self.candidates.generators[-1]
+
+    @property
+    def train_lists(self) -> list[str]:
+        """The generators whose validation lists select the encoder (train.lists, else every CF generator)."""
+        if self.train.lists is not None:
+            return list(self.train.lists)
+        return [g for g in self.candidates.generators if g != "popularity"]
 
     @property
     def index_alias(self) -> str:

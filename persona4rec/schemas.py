@@ -407,6 +407,21 @@ EVAL_METRICS = TableSchema(
     ),
 )
 
+EVAL_RANKS = TableSchema(
+    name="eval_ranks",
+    doc=(
+        "Every test user's rank of the held-out item under every reranker (`p4r evaluate`): what eval_metrics "
+        "summarises, kept so that any two rerankers, of this or another evaluation, can be compared user by user."
+    ),
+    key=("generator", "reranker", "user_id"),
+    columns=(
+        _c("generator", STR, "Whose candidates were reranked."),
+        _c("reranker", STR, "evaluate.rerankers name."),
+        _c("user_id", STR, "Test user."),
+        _c("rank", I64, "1-based rank of the held-out item (persona4rec.ranking's tie policy); 0: not a candidate."),
+    ),
+)
+
 TABLES: dict[str, TableSchema] = {
     t.name: t
     for t in (
@@ -428,6 +443,7 @@ TABLES: dict[str, TableSchema] = {
         ITEM_POPULARITY,
         CANDIDATES,
         EVAL_METRICS,
+        EVAL_RANKS,
     )
 }
 

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from persona4rec.errors import Persona4RecError
+from persona4rec.ranking import ndcg, target_ranks
 
 #: Persona vectors gathered per chunk of a batched call: bounds its memory (64k x 384 floats: 100 MB).
 CHUNK_ROWS = 1 << 16
@@ -90,6 +91,16 @@ class PersonaTable:
         self.penalty = np.where(self.slots == n, -np.inf, 0.0).astype(np.float32)
         self._row_of_item = {item: i for i, item in enumerate(self.item_ids.tolist())}
 
+    @classmethod
+    def of_vectors(cls, item_of: np.ndarray, vectors: np.ndarray) -> PersonaTable:
+        """A table for scoring only (training, validation): vectors and their items, no explanation texts."""
+        n = len(item_of)
+        blank = [""] * n
+        return cls(
+            persona_ids=np.arange(n).astype(str), item_of=item_of, vectors=vectors, names=blank,
+            descriptions=blank, rationales=blank, evidence=[[] for _ in range(n)], kinds=["persona"] * n,
+        )  # fmt: skip
+
     @property
     def dim(self) -> int:
         return self.vectors.shape[1]
@@ -110,6 +121,32 @@ class PersonaTable:
 
         ``users`` (n, d) unit vectors; ``candidates`` (n, c) item rows (from :meth:`rows`), -1 for padding.
         Returns ``(scores, best)``, both (n, c): padding scores -inf and its best row is -1.
+        """
+        grid, idx, padding = self._grid(users, candidates)
+        arg = grid.argmax(axis=2)[..., None]
+        best = np.take_along_axis(idx, arg, 2)[..., 0]
+        return np.take_along_axis(grid, arg, 2)[..., 0], np.where(padding, -1, best)
+
+    def persona_stats(self, users: np.ndarray, candidates: np.ndarray) -> dict[str, np.ndarray]:
+        """Per candidate (n, c): the best, second best and mean cosine over the item's personas, their count,
+        and the best persona's row (``best``); padding: -inf scores, count 0, row -1. An item with one persona
+        has its best as its second."""
+        grid, idx, padding = self._grid(users, candidates)
+        count = np.isfinite(grid).sum(axis=2)
+        top2 = -np.partition(-grid, min(1, grid.shape[2] - 1), axis=2)[..., :2] if grid.shape[2] > 1 else grid
+        best_col = grid.argmax(axis=2)[..., None]
+        mean = np.where(count > 0, np.where(np.isfinite(grid), grid, 0).sum(axis=2) / np.maximum(count, 1), -np.inf)
+        return {
+            "max": top2[..., 0],
+            "second": np.where(count > 1, top2[..., -1], top2[..., 0]),
+            "mean": mean.astype(np.float32),
+            "count": count,
+            "best": np.where(padding, -1, np.take_along_axis(idx, best_col, 2)[..., 0]),
+        }
+
+    def _grid(self, users: np.ndarray, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(n, c, width) cosines of each candidate's persona slots (-inf on padding), the slots' rows, padding.
+
         Each item's personas are gathered as a fixed-width block (padding hits the zero row and a -inf
         penalty), so one gather and one product cover every candidate.
         """
@@ -128,9 +165,21 @@ class PersonaTable:
                 sl = slice(lo, lo + step)
                 grid[sl] = np.einsum("ncwd,nd->ncw", self.vectors[idx[sl]], users[sl])
             grid += penalty
-        arg = grid.argmax(axis=2)[..., None]
-        best = np.take_along_axis(idx, arg, 2)[..., 0]
-        return np.take_along_axis(grid, arg, 2)[..., 0], np.where(padding, -1, best)
+        return grid, idx, padding
+
+    def catalogue_scores(self, users: np.ndarray) -> np.ndarray:
+        """(n, n_items) max-over-personas scores of every item in the table (columns: :attr:`item_ids`).
+
+        The same gather as :meth:`scores`, over every item: one product with every persona, then the max
+        over each item's slots (padding hits the zero row and the -inf penalty).
+        """
+        users = np.asarray(users, dtype=np.float32)
+        out = np.empty((len(users), len(self.item_ids)), dtype=np.float32)
+        chunk = max(1, (CHUNK_ROWS << 8) // max(1, self.slots.size))  # a (chunk, items, width) block: 64 MB
+        for lo in range(0, len(users), chunk):
+            cos = users[lo : lo + chunk] @ self.vectors.T  # (n, P + 1): the last column is the zero row
+            out[lo : lo + chunk] = (cos[:, self.slots] + self.penalty).max(axis=2)
+        return out
 
     def explain(self, row: int, similarity: float | None = None) -> Explanation:
         return Explanation(
@@ -238,23 +287,20 @@ def rerank(
     )
 
 
-def ranks_of(final: np.ndarray, target_col: np.ndarray) -> np.ndarray:
-    """0-based rank of each row's target column; ties count against the target."""
-    target = final[np.arange(len(final)), target_col]
-    return (final >= target[:, None]).sum(axis=1) - 1
-
-
 def tune_fusion(
     persona: np.ndarray, first_stage: np.ndarray, target_col: np.ndarray, grid: Sequence[float], k: int = 10
 ) -> tuple[float, dict[float, float]]:
     """The fusion weight with the best NDCG@k on validation (ties: the smaller weight), and every weight's.
 
+    Ranks follow :mod:`persona4rec.ranking`'s tie policy, as the evaluation that reports the weight does.
+
     ``persona`` and ``first_stage`` are (n, c) scores of each validation user's candidates, ``target_col``
     the column of the held-out item (users whose item is not among the candidates are left out before).
     """
+    order = np.arange(persona.shape[1])  # the tie policy: equal scores keep the first-stage order
     results = {}
     for w in sorted(set(grid)):
-        rank = ranks_of(fuse(persona, first_stage, w), target_col)
-        results[w] = float(np.where(rank < k, 1.0 / np.log2(rank + 2), 0.0).mean()) if len(rank) else 0.0
+        rank = target_ranks(fuse(persona, first_stage, w), target_col, order)
+        results[w] = ndcg(rank, k) if len(rank) else 0.0
     best = max(results, key=lambda w: (results[w], -w))
     return best, results

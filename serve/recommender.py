@@ -1,6 +1,7 @@
 """The service's operations over the current snapshot: rerank, recommend, an item's personas.
 
-``rerank`` never leaves memory (:func:`persona4rec.scoring.rerank` on the snapshot); ``recommend`` is a
+``rerank`` never leaves memory (:func:`persona4rec.scoring.rerank` on the snapshot, or with first-stage
+scores and a learned reranker registered with the encoder, :func:`persona4rec.learned.rerank`); ``recommend`` is a
 grouping search in Milvus on the snapshot's own collection, so both answer from the same version.
 Unknown users get :class:`UnknownUser` or, with ``serve.unknown_user: popularity``, the most popular
 items (and no explanation).
@@ -12,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from persona4rec import learned
 from persona4rec.config import Config
 from persona4rec.errors import Persona4RecError
 from persona4rec.infra import milvus
@@ -56,6 +58,12 @@ class Recommender:
         if row is None:
             snap.table.rows(candidates)  # unknown candidate ids are an error either way
             return self._popular(snap, user_id, candidates)
+        if first_stage is not None and snap.reranker is not None:  # the learned reranker fitted with this encoder
+            popularity = [snap.item_interactions.get(i, 0) for i in candidates]
+            history = int(snap.n_interactions[row]) if snap.n_interactions is not None else len(snap.seen[row])
+            ranked = learned.rerank(snap.table, snap.profiles[row], candidates, first_stage, snap.reranker,
+                                    popularity, history)  # fmt: skip
+            return Result(user_id, snap.collection, snap.encoder_version, None, ranked.records())
         weight = self.cfg.score.fusion_weight if first_stage is not None else 0.0
         items = rerank(snap.table, snap.profiles[row], candidates, first_stage, weight).records()
         return Result(user_id, snap.collection, snap.encoder_version, None, items)

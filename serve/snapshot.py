@@ -2,9 +2,11 @@
 
 A :class:`Snapshot` is loaded from the collection an alias points at: every persona vector and its
 explanation (:class:`~persona4rec.scoring.PersonaTable`), plus the user profiles and item popularity the
-index stage wrote beside it. Requests read the current snapshot through one reference; a
-:class:`Watcher` checks the alias every ``serve.reload_interval_s``, loads a moved alias in the
-background and swaps the reference, so requests never wait for a reload and never see half of one.
+index stage wrote beside it, and the learned reranker registered with its encoder when there is one
+(:func:`learned_reranker`; requests with first-stage scores use it). Requests read the current snapshot
+through one reference; a :class:`Watcher` checks the alias every ``serve.reload_interval_s``, loads a moved
+alias in the background and swaps the reference, so requests never wait for a reload and never see half
+of one.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from persona4rec import schemas
+from persona4rec.config import Config
 from persona4rec.infra import milvus
 from persona4rec.scoring import PersonaTable
 
@@ -39,14 +42,18 @@ class Snapshot:
     seen: list[list[str]]
     popular: list[str]  # item ids, most interactions first
     loaded_at: float
+    item_interactions: dict[str, int] = field(default_factory=dict)  # interactions known per item
+    n_interactions: np.ndarray | None = None  # (n_users,) interactions known per user
+    reranker: Any = None  # a persona4rec.learned.LearnedReranker, or None
 
     @property
     def encoder_version(self) -> str:
         return str(self.meta.get("encoder", {}).get("version", "?"))
 
 
-def load(client: Any, collection: str) -> Snapshot:
-    """Read a collection version and the user tables of the stage output it names."""
+def load(client: Any, collection: str, cfg: Config | None = None) -> Snapshot:
+    """Read a collection version and the user tables of the stage output it names; with ``cfg``, also the
+    learned reranker registered with its encoder (for ``score.learned_generator``)."""
     meta = milvus.meta_of(client, collection)
     client.load_collection(collection)  # Milvus Lite forgets loaded collections when its process ends
     fields = [*milvus.EXPLAIN_FIELDS, milvus.VECTOR_FIELD]
@@ -71,7 +78,7 @@ def load(client: Any, collection: str) -> Snapshot:
     pop = pq.read_table(folder / "item_popularity")
     ids = users["user_id"].to_pylist()
     indexed = set(table.item_ids.tolist())
-    return Snapshot(
+    snap = Snapshot(
         collection=collection,
         meta=meta,
         table=table,
@@ -80,7 +87,34 @@ def load(client: Any, collection: str) -> Snapshot:
         seen=users["items"].to_pylist(),
         popular=[i for i in pop["item_id"].to_pylist() if i in indexed],
         loaded_at=time.time(),
+        item_interactions=dict(zip(pop["item_id"].to_pylist(), pop["interactions"].to_pylist(), strict=True)),
+        n_interactions=users["n_interactions"].to_numpy(),
     )
+    if cfg is not None:
+        snap.reranker = learned_reranker(cfg, snap.meta.get("encoder", {}))
+    return snap
+
+
+def learned_reranker(cfg: Config, encoder: dict[str, Any]) -> Any:
+    """The learned reranker registered with this encoder version, or None (said once in the log) when it has
+    none or the registry cannot be read: requests with first-stage scores then use linear fusion."""
+    from persona4rec.learned import LearnedReranker
+
+    version, generator = encoder.get("version"), cfg.learned_generator
+    try:
+        from persona4rec.infra import mlflow as registry
+
+        folder = registry.load_reranker(cfg, str(version), generator) if version else None
+    except Exception as exc:  # the registry is optional for serving: persona scores need none of it
+        log.warning("no learned reranker for encoder %s: %s: %s", version, type(exc).__name__, exc)
+        return None
+    if folder is None:
+        log.info("encoder %s has no learned reranker for %s: first-stage scores are fused linearly", version,
+                 generator)  # fmt: skip
+        return None
+    model = LearnedReranker.load(folder)
+    log.info("learned reranker for %s loaded (%d rounds, features %s)", generator, model.rounds, model.features)
+    return model
 
 
 class Watcher:

@@ -267,14 +267,18 @@ FAST = (
     "train.epochs=3",
     "train.batch_size=64",
     "encoder.profile.gamma_grid=[0.65,1.0]",
+    "candidates.bpr.epochs=10",
+    "candidates.lightgcn.epochs=10",
+    "candidates.eval_every=2",
 )
 
 
 @pytest.fixture(scope="session")
 def mi_pipeline(spark, ray_cluster, tmp_path_factory):
-    """Prepare (2013-14 reviews only), reason (scripted), align and embed once for the session; yields a
-    config factory (key=value overrides on top of FAST) and the embed result."""
+    """Prepare (2013-14 reviews only), reason (scripted), align, embed and candidates once for the session;
+    yields a config factory (key=value overrides on top of FAST) and the embed result."""
     from persona4rec.jobs.align import job as align_job
+    from persona4rec.jobs.candidates import job as candidates_job
     from persona4rec.jobs.embed import job as embed_job
     from persona4rec.jobs.prepare import job as prepare_job
     from persona4rec.jobs.reason import job as reason_job
@@ -293,7 +297,9 @@ def mi_pipeline(spark, ray_cluster, tmp_path_factory):
         cfg, engine=ScriptedEngine(extractive_answer), embed=load_embedder(cfg.reason.dedup.embedder), progress=False
     )
     align_job.run(cfg, progress=False)
-    return config, embed_job.run(cfg, progress=False)
+    embedded = embed_job.run(cfg, progress=False)
+    candidates_job.run(cfg, progress=False)  # the encoder selects on (and draws hard negatives from) its lists
+    return config, embedded
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -15,15 +15,18 @@ import torch
 
 from persona4rec.encoder import data as alignment
 from persona4rec.encoder.fit import fit
-from persona4rec.encoder.loss import false_negative_mask, info_nce
+from persona4rec.encoder.loss import false_negative_mask, info_nce, item_info_nce, item_scores
 from persona4rec.encoder.model import Encoder, EncoderSpec
 from persona4rec.encoder.profile import profiles, recency_weights
-from persona4rec.encoder.validate import chance, evaluate, item_scores
+from persona4rec.encoder.validate import chance, evaluate
+from persona4rec.scoring import PersonaTable
 from tests import synthetic_alignment
 
 SETTINGS = {
     "epochs": 3, "batch_size": 32, "lr": 5e-3, "weight_decay": 0.0, "warmup_ratio": 0.0, "temperature": 0.05,
     "label_smoothing": 0.0, "mask": ["persona", "item"], "patience": 3, "metric": "persona_recall@10", "seed": 0,
+    "target": "persona", "aggregation": "max", "smoothing": 0.05, "negatives": "batch", "popularity_prior": False,
+    "persona_weight": 0.0,
 }  # fmt: skip
 
 
@@ -53,15 +56,89 @@ def test_info_nce_equals_the_formula_and_masks_false_negatives():
     assert math.isfinite(smoothed) and smoothed != pytest.approx(masked)
 
 
-def test_item_scores_are_the_max_over_each_items_personas():
+def test_catalogue_scores_are_the_max_over_each_items_personas():
     rng = np.random.default_rng(1)
     users, personas = rng.normal(size=(5, 8)), rng.normal(size=(9, 8))
     owner = np.array([2, 0, 1, 2, 0, 3, 3, 1, 2])
-    got = item_scores(users, personas, owner, 4)
+    got = PersonaTable.of_vectors(owner.astype(str).astype(object), personas).catalogue_scores(users)
     want = np.array(
         [[max(users[u] @ personas[j] for j in np.flatnonzero(owner == i)) for i in range(4)] for u in range(5)]
     )
-    np.testing.assert_allclose(got, want, rtol=1e-6)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_item_loss_by_hand_max_and_logsumexp_masked_and_with_a_prior():
+    # two users, three items: item 0 has personas (a, b), item 1 has (c), item 2 has (d)
+    u = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    p = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0], [-1.0, 0.0]]), dim=-1)
+    slots = torch.tensor([[0, 1], [2, -1], [3, -1]])
+    cos = (u @ p.T).numpy()  # row 0: [1, .6, 0, -1]; row 1: [0, .8, 1, 0]
+    s_max = item_scores(u, p, slots).numpy()
+    np.testing.assert_allclose(s_max, [[1.0, 0.0, -1.0], [0.8, 1.0, 0.0]], atol=1e-6)
+    sigma = 0.5
+    s_lse = item_scores(u, p, slots, aggregation="logsumexp", smoothing=sigma).numpy()
+    assert s_lse[0, 0] == pytest.approx(sigma * np.log(np.exp(cos[0, 0] / sigma) + np.exp(cos[0, 1] / sigma)), rel=1e-5)
+    assert s_lse[0, 1] == pytest.approx(cos[0, 2], abs=1e-6)  # one persona: the max itself
+    tau, pos = 0.5, torch.tensor([0, 1])
+    logits = s_max / tau
+    want = -np.mean([logits[i, pos[i]] - np.log(np.exp(logits[i]).sum()) for i in range(2)])
+    assert item_info_nce(torch.from_numpy(s_max), pos, temperature=tau).item() == pytest.approx(want, rel=1e-5)
+    # row 1 already has item 0 in its training history: not a negative for it
+    mask = torch.tensor([[False, False, False], [True, False, False]])
+    masked = -np.mean([logits[0, 0] - np.log(np.exp(logits[0]).sum()),
+                       logits[1, 1] - np.log(np.exp(logits[1, 1:]).sum())])  # fmt: skip
+    got = item_info_nce(torch.from_numpy(s_max), pos, temperature=tau, false_negatives=mask).item()
+    assert got == pytest.approx(masked, rel=1e-5)
+    # a prior log(pi_j) is added to every row's logits
+    prior = torch.log(torch.tensor([1.0, 2.0, 4.0]))
+    adj = logits + prior.numpy()[None]
+    want_prior = -np.mean([adj[i, pos[i]] - np.log(np.exp(adj[i]).sum()) for i in range(2)])
+    got_prior = item_info_nce(torch.from_numpy(s_max), pos, temperature=tau, prior=prior).item()
+    assert got_prior == pytest.approx(want_prior, rel=1e-5)
+
+
+def test_item_examples_use_every_interaction_and_hard_negatives_skip_the_users_items():
+    import pyarrow as pa
+
+    from persona4rec import schemas
+
+    items = ["a", "b", "c", "d", "e"]
+    personas = pa.Table.from_pylist(
+        [{"persona_id": f"p-{i}", "item_id": i, "text": i, "vector": [1.0, 0.0]} for i in items],
+        schema=schemas.PERSONA_VECTORS.arrow(),
+    )
+    rows = []
+    for user, seq in {"u1": ["a", "b", "c", "d"], "u2": ["b", "c", "e", "a"]}.items():
+        for pos, item in enumerate(seq):
+            split = "valid" if pos == len(seq) - 1 else "train"
+            rows.append({"user_id": user, "position": pos, "item_id": item, "review_id": f"{user}{pos}",
+                         "split": split, "rating": 5.0, "text": f"{user} {item}", "vector": [0.0, 1.0]})  # fmt: skip
+    inter = pa.Table.from_pylist(rows, schema=schemas.INTERACTION_VECTORS.arrow())
+    labels = pa.Table.from_pylist([], schema=pa.schema([("user_id", pa.string()), ("position", pa.int64()),
+                                                        ("persona_id", pa.string())]))  # fmt: skip
+    # u1's validation list holds its own training item 'b' (cannot happen upstream: a planted check), its valid
+    # item 'd' and two unseen items; u2's holds training items only and 'd'
+    cand = pa.Table.from_pylist(
+        [{"generator": "lightgcn", "split": "valid", "user_id": "u1", "target": "d", "items": ["b", "e", "d"],
+          "scores": [3.0, 2.0, 1.0]},
+         {"generator": "lightgcn", "split": "valid", "user_id": "u2", "target": "a", "items": ["c", "d", "b"],
+          "scores": [3.0, 2.0, 1.0]},
+         {"generator": "lightgcn", "split": "test", "user_id": "u1", "target": "z", "items": ["a"], "scores": [1.0]}],
+        schema=schemas.CANDIDATES.arrow(),
+    )  # fmt: skip
+    d = alignment.build(inter, personas, labels, history=10, holdout_users=0.0, candidates=cand, hard_negatives=5,
+                        hard_negatives_from="lightgcn")  # fmt: skip
+    assert len(d.items) == 4  # every training interaction after the first: u1 b, c; u2 c, e
+    idx = {i: k for k, i in enumerate(d.item_ids)}
+    for k in range(len(d.items)):
+        negs = set(d.items.negatives[k][d.items.negatives[k] >= 0].tolist())
+        own = set(d.user_items[d.items.user[k]].tolist())
+        assert d.items.item[k] not in negs and not negs & own
+    u1 = [k for k in range(len(d.items)) if d.items.user[k] == d.items.user[0]]
+    assert {idx["e"], idx["d"]} == set(d.items.negatives[u1[0]][d.items.negatives[u1[0]] >= 0].tolist())
+    # the validation lists keep their order; the test list is never read
+    assert d.valid.lists["lightgcn"].tolist() == [[idx["b"], idx["e"], idx["d"]], [idx["c"], idx["d"], idx["b"]]]
+    assert d.valid.list_users == {"lightgcn": 2}
 
 
 def test_head_starts_as_vanilla_and_round_trips(tmp_path: Path):

@@ -14,7 +14,6 @@ from persona4rec.jobs.evaluate import job as evaluate_job
 from persona4rec.jobs.train import job as train_job
 from tests.conftest import benchmark_script
 
-GRID = ("candidates.bpr.epochs=10", "candidates.lightgcn.epochs=10", "candidates.eval_every=2")
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +21,7 @@ def evaluated(mi_pipeline, vllm_engine):
     config, _ = mi_pipeline
     trained = train_job.run(config(), progress=False)  # reused when the training tests ran first
     version = trained.manifest.counts["mlflow"]["version"]
-    cfg = config(*GRID, f"index.encoder_version={version}", "evaluate.listwise.users=4", "evaluate.bootstrap=200",
+    cfg = config(f"index.encoder_version={version}", "evaluate.listwise.users=4", "evaluate.bootstrap=200",
                  "evaluate.permutations=500")  # fmt: skip
     cands = candidates_job.run(cfg, progress=False)
     result = evaluate_job.run(cfg, progress=False, engine=vllm_engine)
@@ -162,7 +161,7 @@ def test_a_listwise_generator_that_is_not_evaluated_is_refused_up_front(evaluate
 
     cfg, _, result = evaluated
     config, _ = mi_pipeline
-    bad = config(*GRID, f"index.encoder_version={result.manifest.counts['encoder']['version']}",
+    bad = config(f"index.encoder_version={result.manifest.counts['encoder']['version']}",
                  "evaluate.listwise.users=4", "evaluate.bootstrap=200", "evaluate.permutations=500",
                  "evaluate.generators=[bpr]", "evaluate.listwise.generator=lightgcn")  # fmt: skip
     with pytest.raises(StageUnavailable, match="listwise.generator 'lightgcn' is not among the evaluated"):
@@ -224,7 +223,7 @@ def test_headline_report_reads_the_run_it_is_given(evaluated, tmp_path):
     quoted = [line.split("**")[1] for line in expl if line.startswith("> **")]
     assert len(quoted) == 3 and all(n in names for n in quoted)
 
-    overrides = [f"paths.artifacts={cfg.paths.artifacts}", f"data.local_dir={MUSICAL_INSTRUMENTS}", *FAST, *GRID,
+    overrides = [f"paths.artifacts={cfg.paths.artifacts}", f"data.local_dir={MUSICAL_INSTRUMENTS}", *FAST,
                  f"index.encoder_version={cfg.index.encoder_version}", "evaluate.listwise.users=4",
                  "evaluate.bootstrap=200", "evaluate.permutations=500"]  # fmt: skip
     # GPU rows as benchmarks/llm_gpu.py writes them: a 0.5 s listwise request, a reason batch at 2 items/s

@@ -1,4 +1,4 @@
-"""Ranking metrics against hand-computed cases: ties, a missing target, empty lists; intervals and tests."""
+"""Statistics over per-user metrics against known answers: undefined means, intervals, the paired test, segments."""
 
 from __future__ import annotations
 
@@ -8,39 +8,12 @@ import numpy as np
 import pytest
 
 from persona4rec.evaluation import metrics as M
-
-NEG = -np.inf
-
-
-def test_ranks_break_ties_by_first_stage_position_and_miss_as_zero():
-    scores = np.array(
-        [
-            [0.9, 0.5, 0.5, 0.1],  # target col 2 ties col 1, which comes first: rank 3
-            [0.2, 0.5, 0.5, 0.1],  # target col 1 ties col 2, comes first: rank 1
-            [0.3, 0.2, 0.1, NEG],  # target not generated: rank 0
-            [NEG, NEG, NEG, NEG],  # empty list
-            [0.1, 0.2, 0.9, NEG],  # target col 0 after cols 2, 1: rank 3; padding never outranks
-        ]
-    )
-    tie_break = np.broadcast_to(np.arange(4), scores.shape)
-    ranks = M.target_ranks(scores, tie_break, np.array([2, 1, -1, -1, 0]))
-    assert ranks.tolist() == [3, 1, 0, 0, 3]
-
-
-def test_metric_values_by_hand():
-    v = M.per_user(np.array([1, 2, 3, 6, 0]), ks=[1, 5])
-    assert v["hr@1"].tolist() == [1, 0, 0, 0, 0]
-    assert v["hr@5"].tolist() == [1, 1, 1, 0, 0]
-    assert v["mrr@5"].tolist() == pytest.approx([1, 1 / 2, 1 / 3, 0, 0])
-    assert v["ndcg@5"].tolist() == pytest.approx([1, 1 / math.log2(3), 1 / math.log2(4), 0, 0])
-    assert M.mean(v["hr@5"]) == pytest.approx(0.6)
-
+from persona4rec.ranking import metrics_at
 
 def test_no_users_is_undefined_not_zero():
-    v = M.per_user(np.zeros(0, dtype=np.int64), ks=[10])
+    v = metrics_at(np.zeros(0, dtype=np.int64), ks=[10])
     assert math.isnan(M.mean(v["ndcg@10"]))
     assert all(math.isnan(x) for x in M.bootstrap_ci(v["ndcg@10"], M.bootstrap_indices(0, 10, 0), 0.95))
-    assert M.target_ranks(np.zeros((0, 3)), np.zeros((0, 3)), np.zeros(0, dtype=np.int64)).tolist() == []
 
 
 def test_bootstrap_interval_brackets_the_mean_and_narrows_with_more_users():

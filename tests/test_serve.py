@@ -235,6 +235,51 @@ def test_the_running_service_swaps_in_a_rebuilt_index(served):
     assert dropped.exit_code == 0 and f"dropped {old}" in dropped.output
 
 
+def test_rerank_with_first_stage_scores_uses_the_learned_reranker_registered_with_the_encoder(served, tmp_path):
+    from persona4rec import learned
+    from persona4rec.infra import mlflow as registry
+    from persona4rec.scoring import PersonaTable
+
+    cfg, url, _ = served
+    rng = np.random.default_rng(0)
+    n, c = 60, 10  # made-up validation lists whose held-out item is the most popular: a model that reads popularity
+    stats = {k: rng.random((n, c)).astype(np.float32) for k in ("max", "second", "mean")}
+    stats["count"] = np.full((n, c), 3)
+    pop = rng.integers(1, 100, (n, c))
+    x = learned.features(stats, rng.random((n, c)), pop, rng.integers(1, 9, n))
+    model = learned.fit(x, pop.argmax(1), folds=2, leaves=(7,), min_leaf=(5,), rounds=(25,))
+    registry.log_reranker(cfg, cfg.index.encoder_version, model.save(tmp_path / "m"), cfg.learned_generator, "test")
+    rebuilt = index_job.run(cfg, force=True, progress=False)  # a new snapshot loads what its encoder has
+    new = rebuilt.manifest.counts["collection"]
+    deadline = time.monotonic() + 30
+    while httpx.get(f"{url}/ready").json()["index"] != new:
+        assert time.monotonic() < deadline, "the service did not pick up the new index version"
+        time.sleep(0.2)
+
+    users = _users(rebuilt)
+    user = sorted(users)[3]
+    pids, items, vectors = _personas(cfg)
+    candidates = sorted(set(items.tolist()))[:15]
+    first_stage = [float(v) for v in np.linspace(2.0, 1.0, len(candidates))]
+    r = httpx.post(f"{url}/rerank", json={"user_id": user, "candidates": candidates, "first_stage_scores": first_stage})
+    assert r.status_code == 200, r.text
+    got = r.json()["items"]
+    popularity = dict(zip(*(pq.read_table(rebuilt.table("item_popularity"))[c].to_pylist()
+                            for c in ("item_id", "interactions")), strict=True))  # fmt: skip
+    profiles = pq.read_table(rebuilt.table("user_profiles")).to_pylist()
+    history = next(p["n_interactions"] for p in profiles if p["user_id"] == user)
+    table = PersonaTable.of_vectors(np.asarray(items, dtype=object), vectors)
+    want = learned.rerank(table, users[user][0], candidates, first_stage, model,
+                          [popularity.get(i, 0) for i in candidates], history)  # fmt: skip
+    assert [it["item_id"] for it in got] == want.item_ids
+    np.testing.assert_allclose([it["score"] for it in got], want.scores, rtol=1e-5)
+    for it in got:  # the explanation stays the item's best persona
+        winner = pids.index(it["explanation"]["persona_id"])
+        assert items[winner] == it["item_id"]
+        assert it["persona_score"] == pytest.approx(float((vectors[items == it["item_id"]] @ users[user][0]).max()),
+                                                    abs=1e-4)
+
+
 def test_unknown_users_fall_back_to_popularity_when_configured(served):
     cfg, _, first = served
     from persona4rec.infra import milvus

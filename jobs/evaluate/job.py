@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from persona4rec import schemas
+from persona4rec import ranking, schemas
 from persona4rec.artifacts import Manifest, StageResult, StageStore, Timer, fingerprint, upstream
 from persona4rec.config import Config
 from persona4rec.encoder.profile import profiles
@@ -36,8 +36,9 @@ from persona4rec.scoring import PersonaTable, fuse, tune_fusion
 from persona4rec.texts import TEXTS_VERSION
 
 STAGE = "evaluate"
-VERSION = 1
-PERSONA_RERANKERS = ("persona_vanilla", "persona", "persona_fused", "summary")
+VERSION = 2  # 2: learned rerankers, eval_ranks, one tie policy for fusion tuning
+PERSONA_RERANKERS = ("persona_vanilla", "persona", "persona_fused", "summary", "learned", "learned_no_persona")
+LEARNED = ("learned", "learned_no_persona")
 SEGMENTS = ("all", "warm_users", "cold_users", "head_items", "tail_items")
 
 EvaluateResult = StageResult
@@ -48,8 +49,12 @@ class Evaluation:
     """What the report is made of."""
 
     rows: list[dict[str, Any]] = field(default_factory=list)  # EVAL_METRICS rows
+    ranks: dict[str, list] = field(default_factory=lambda: {c: [] for c in schemas.EVAL_RANKS.names})
     latency_ms: dict[str, list[float]] = field(default_factory=dict)  # reranker -> per-request times
     fusion: dict[str, dict[str, Any]] = field(default_factory=dict)  # generator -> tuned weight, grid scores
+    learned: dict[str, dict[str, Any]] = field(default_factory=dict)  # generator -> reranker -> LearnedReranker
+    persona_features: dict[str, dict[str, float]] = field(default_factory=dict)  # generator -> metric -> p, learned
+    # against learned_no_persona on the same users
     llm: dict[str, Any] = field(default_factory=dict)
     counts: dict[str, Any] = field(default_factory=dict)
 
@@ -74,7 +79,7 @@ def _needs_personas(cfg: Config) -> bool:
 
 
 def _encoder_ref(cfg: Config) -> dict[str, str] | None:
-    if not any(r in ("persona", "persona_fused", "summary") for r in cfg.evaluate.rerankers):
+    if not any(r in ("persona", "persona_fused", "summary", *LEARNED) for r in cfg.evaluate.rerankers):
         return None
     from persona4rec.jobs.index.job import encoder_ref as ref
 
@@ -136,6 +141,7 @@ def run(cfg: Config, *, force: bool = False, progress: bool = True, engine: Any 
     if _runs_listwise(cfg) and llm_gen not in generators:
         raise StageUnavailable(f"evaluate.listwise.generator {llm_gen!r} is not among the evaluated {generators}")
     user_count, item_count, train_pop = _counts(inter)
+    known = _known(inter)
 
     scorers: dict[str, _Scorer] = {}
     if _needs_personas(cfg):
@@ -164,10 +170,25 @@ def run(cfg: Config, *, force: bool = False, progress: bool = True, engine: Any 
                     scored[name] = fuse(persona_test, np.where(test.valid, test.first_stage, -np.inf), weight)
                 elif name == "persona":
                     scored[name] = persona_test
+                elif name in LEARNED:
+                    model = _fit_learned(name, gen, scorers["persona"], valid, known, cfg)
+                    ev.learned.setdefault(gen, {})[name] = model
+                    scored[name] = model.score(_learned_features(scorers["persona"], test, "test", known))
                 elif name in scorers:
                     s = scorers[name]
                     scored[name] = PersonaScorer(s.table, s.profiles_test)(test)
-            ranks = {name: M.target_ranks(s, test.tie_break, test.target_col) for name, s in scored.items()}
+            ranks = {name: ranking.target_ranks(s, test.target_col, test.tie_break) for name, s in scored.items()}
+            if set(LEARNED) <= set(ranks):  # what the persona features add to the same learned reranker
+                with_p, without = (ranking.metrics_at(ranks[n], [10]) for n in LEARNED)
+                ev.persona_features[gen] = {
+                    m: M.paired_p_value(with_p[m], without[m], cfg.evaluate.permutations, rng_seed)
+                    for m in ("hr@10", "ndcg@10")
+                }
+            for name, r in ranks.items():
+                ev.ranks["generator"] += [gen] * len(r)
+                ev.ranks["reranker"] += [name] * len(r)
+                ev.ranks["user_id"] += list(test.user_ids)
+                ev.ranks["rank"] += r.tolist()
             masks = _segment_masks(test, user_count, item_count, cfg.evaluate.segment_share)
             ev.rows += metric_rows(gen, ranks, masks, cfg, rng_seed)
             ev.counts[gen] = {
@@ -177,8 +198,8 @@ def run(cfg: Config, *, force: bool = False, progress: bool = True, engine: Any 
             }
     if _runs_listwise(cfg):
         with timer("llm_listwise"):
-            ev.rows += llm_rows(cfg, found, llm_gen, _lists(cand, llm_gen, "test"), scorers, train_pop, ev, engine,
-                                progress)  # fmt: skip
+            ev.rows += llm_rows(cfg, found, llm_gen, _lists(cand, llm_gen, "test"), scorers, train_pop, known, ev,
+                                engine, progress)  # fmt: skip
     if "persona" in scorers:
         s = scorers["persona"]
         ev.latency_ms["persona"] = PersonaScorer(s.table, s.profiles_test).latency_ms(
@@ -190,8 +211,15 @@ def run(cfg: Config, *, force: bool = False, progress: bool = True, engine: Any 
         manifest.add_table(
             tmp, pa.Table.from_pylist(ev.rows, schema=schemas.EVAL_METRICS.arrow()), schemas.EVAL_METRICS
         )
+        manifest.add_table(tmp, pa.Table.from_pydict(ev.ranks, schema=schemas.EVAL_RANKS.arrow()), schemas.EVAL_RANKS)
         manifest.counts = {"generators": ev.counts, "fusion": ev.fusion, "llm": ev.llm, "encoder": ref,
-                           "latency_ms": {k: _summary(v) for k, v in ev.latency_ms.items()}}  # fmt: skip
+                           "latency_ms": {k: _summary(v) for k, v in ev.latency_ms.items()},
+                           "learned": {g: {n: _learned_summary(m) for n, m in ms.items()}
+                                       for g, ms in ev.learned.items()},
+                           "persona_features_p": ev.persona_features}  # fmt: skip
+        for gen, models in ev.learned.items():
+            for name, model in models.items():
+                model.save(tmp / "rerankers" / gen / name)
         from persona4rec.evaluation.report import write_report
 
         with timer("report"):
@@ -199,10 +227,14 @@ def run(cfg: Config, *, force: bool = False, progress: bool = True, engine: Any 
         manifest.record(timer)
         manifest.write(tmp)
         folder = store.publish(tmp, fp)
-    if cfg.evaluate.log_to_mlflow:
+    if cfg.evaluate.log_to_mlflow or ev.learned:
         from persona4rec.infra import mlflow as registry
 
-        registry.log_evaluation(cfg, folder, ev.rows, manifest)
+        if cfg.evaluate.log_to_mlflow:
+            registry.log_evaluation(cfg, folder, ev.rows, manifest)
+        for gen, models in ev.learned.items():
+            if "learned" in models and ref is not None:  # what the service loads with this encoder
+                registry.log_reranker(cfg, ref["version"], folder / "rerankers" / gen / "learned", gen, fp)
     return EvaluateResult(folder, manifest, skipped=False)
 
 
@@ -218,6 +250,56 @@ def _counts(inter: pa.Table) -> tuple[dict[str, int], dict[str, int], dict[str, 
 
     train = inter.filter(pc.equal(inter["split"], "train"))
     return count(inter["user_id"]), count(inter["item_id"]), count(train["item_id"])
+
+
+@dataclass(frozen=True)
+class _Known:
+    """Interactions known when a split's lists are scored: before 'valid' (train) and before 'test' (+ valid)."""
+
+    item: dict[str, dict[str, int]]  # split -> item -> count
+    user: dict[str, dict[str, int]]  # split -> user -> count
+
+
+def _known(inter: pa.Table) -> _Known:
+    item: dict[str, dict[str, int]] = {"valid": {}, "test": {}}
+    user: dict[str, dict[str, int]] = {"valid": {}, "test": {}}
+    for u, i, s in zip(*(inter[c].to_pylist() for c in ("user_id", "item_id", "split")), strict=True):
+        for split, before in (("valid", ("train",)), ("test", ("train", "valid"))):
+            if s in before:
+                item[split][i] = item[split].get(i, 0) + 1
+                user[split][u] = user[split].get(u, 0) + 1
+    return _Known(item, user)
+
+
+def _learned_features(scorer: _Scorer, lists: Lists, split: str, known: _Known) -> np.ndarray:
+    """The learned reranker's features of ``lists`` (profiles and counts as known before ``split``'s item)."""
+    from persona4rec.learned import features
+
+    profiles_ = scorer.profiles_valid if split == "valid" else scorer.profiles_test
+    stats = PersonaScorer(scorer.table, profiles_).persona_stats(lists)
+    get = known.item[split].get
+    pop = np.array([[get(i, 0) for i in row] for row in lists.items], dtype=np.float64).reshape(lists.items.shape)
+    history = np.array([known.user[split].get(u, 0) for u in lists.user_ids], dtype=np.float64)
+    return features(stats, np.where(lists.valid, lists.first_stage, -np.inf), pop, history)
+
+
+def _fit_learned(name: str, gen: str, scorer: _Scorer, valid: Lists, known: _Known, cfg: Config):
+    """LambdaRank on the validation lists of users whose item was generated (persona4rec.learned)."""
+    from persona4rec.learned import FEATURES, PERSONA_FEATURES, fit
+
+    hit = np.flatnonzero(valid.target_col >= 0)
+    hit = hit[[u in scorer.profiles_valid for u in valid.user_ids[hit]]] if len(hit) else hit
+    sub = valid.take(hit)
+    names = FEATURES if name == "learned" else tuple(f for f in FEATURES if f not in PERSONA_FEATURES)
+    return fit(_learned_features(scorer, sub, "valid", known), sub.target_col, names=names, seed=cfg.evaluate.seed,
+               generator=gen)  # fmt: skip
+
+
+def _learned_summary(model) -> dict[str, Any]:
+    best = max(model.cv.values()) if model.cv else None
+    return {"features": list(model.features), "rounds": model.rounds, "num_leaves": model.params["num_leaves"],
+            "min_data_in_leaf": model.params["min_data_in_leaf"], "validation_lists": model.groups,
+            "cv_ndcg@10": best}  # fmt: skip
 
 
 def _lists(cand: pa.Table, generator: str, split: str) -> Lists:
@@ -264,7 +346,7 @@ def persona_scorers(cfg: Config, found: dict[str, StageResult], ref, progress: b
             cfg.embed.model, dim=dim, max_length=cfg.embed.max_length, history=p.history, gamma=p.gamma,
             texts_version=TEXTS_VERSION,
         )  # fmt: skip
-    if wanted & {"persona", "persona_fused", "summary"}:
+    if wanted & {"persona", "persona_fused", "summary", *LEARNED}:
         from persona4rec.infra import mlflow as registry
 
         tuned = registry.load_encoder(cfg, ref["version"])
@@ -328,12 +410,7 @@ def _histories(inter: pa.Table, width: int) -> dict[str, tuple[list[str], np.nda
     out = {}
     for split, per_user in rows.items():
         ids = sorted(per_user)
-        hist = np.full((len(ids), width), -1, dtype=np.int64)
-        lengths = np.zeros(len(ids), dtype=np.int64)
-        for k, u in enumerate(ids):
-            last = per_user[u][-width:]
-            hist[k, : len(last)] = last
-            lengths[k] = len(last)
+        hist, lengths = ranking.windows([per_user[u] for u in ids], width)
         out[split] = (ids, hist, lengths)
     return out
 
@@ -360,7 +437,7 @@ def metric_rows(
 ) -> list[dict[str, Any]]:  # fmt: skip
     """EVAL_METRICS rows for every reranker, segment and metric (paired against first_stage when present)."""
     e = cfg.evaluate
-    values = {name: M.per_user(r, e.ks) for name, r in ranks.items()}
+    values = {name: ranking.metrics_at(r, e.ks) for name, r in ranks.items()}
     out = []
     for segment in segment_names:
         mask = masks[segment]
@@ -393,7 +470,7 @@ def _summary(ms: list[float]) -> dict[str, float]:
 # ------------------------------------------------------------------------------------------- LLM
 
 
-def llm_rows(cfg, found, generator, test: Lists, scorers, train_pop, ev: Evaluation, engine, progress):
+def llm_rows(cfg, found, generator, test: Lists, scorers, train_pop, known, ev: Evaluation, engine, progress):
     """The listwise LLM on a sample of test users whose item was generated, beside the other rerankers
     on the same users (segment 'llm_sample')."""
     from persona4rec.evaluation.llm_listwise import rerank_users, scores_from
@@ -432,9 +509,11 @@ def llm_rows(cfg, found, generator, test: Lists, scorers, train_pop, ev: Evaluat
         scored["persona_fused"] = PersonaScorer(scorers["persona"].table, scorers["persona"].profiles_test, weight)(
             sample
         )
+    for name, model in ev.learned.get(generator, {}).items():
+        scored[name] = model.score(_learned_features(scorers["persona"], sample, "test", known))
     scored["llm_listwise"] = np.stack([scores_from(res.ranking[u], width) for u in sample.user_ids]) if len(rows) else \
         np.zeros((0, width), np.float32)  # fmt: skip
-    ranks = {n: M.target_ranks(s, sample.tie_break, sample.target_col) for n, s in scored.items()}
+    ranks = {n: ranking.target_ranks(s, sample.target_col, sample.tie_break) for n, s in scored.items()}
     ev.latency_ms["llm_listwise"] = [res.latency_ms[u] for u in sample.user_ids]
     ev.llm = {"generator": generator, "users": len(rows), "model": engine.model_id, "engine": engine.name,
               **res.counts, "failures": res.failures, "tokens": res.tokens}  # fmt: skip
@@ -462,7 +541,7 @@ def _llm_inputs(found, sample: Lists, width: int):
     for u, i, s, r in zip(*(inter[c].to_pylist() for c in ("user_id", "item_id", "split", "rating")), strict=True):
         if s != "test":
             history[u].append((i, r))
-    history = {u: h[-width:] for u, h in history.items()}
+    history = {u: ranking.window(h, width) for u, h in history.items()}
     needed = {i for h in history.values() for i, _ in h} | {i for row in sample.items for i in row if i}
     texts = {i: item_text(i, summaries.get(i), titles.get(i)) for i in needed}
     return texts, history

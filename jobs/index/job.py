@@ -30,6 +30,7 @@ from persona4rec.encoder.profile import profiles
 from persona4rec.jobs.embed import job as embed_job
 from persona4rec.jobs.index.build import assemble, build_version, plan_reuse, text_sha
 from persona4rec.jobs.reason import job as reason_job
+from persona4rec.ranking import windows
 from persona4rec.texts import TEXTS_VERSION
 
 STAGE = "index"
@@ -227,10 +228,7 @@ def user_tables(cfg: Config, embedded: StageResult, encoder: Encoder, progress: 
     items = inter["item_id"].to_pylist()
     starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if len(users) else np.zeros(0, dtype=np.int64)
     ends = np.r_[starts[1:], len(users)].astype(np.int64)
-    width = encoder.spec.history
-    lengths = np.minimum(ends - starts, width)
-    cols = np.arange(width)[None, :]  # left-aligned, chronological, -1 padded (encoder.profile's layout)
-    history = np.where(cols < lengths[:, None], (ends - lengths)[:, None] + cols, -1).astype(np.int64)
+    history, lengths = windows([range(lo, hi) for lo, hi in zip(starts, ends, strict=True)], encoder.spec.history)
     needed = np.unique(history[history >= 0])
     encode = encoder_fn(
         cfg, encoder, inter["text"].to_pylist(), schemas.arrow_to_vectors(inter["vector"]), progress, "index: users"

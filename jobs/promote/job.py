@@ -19,6 +19,7 @@ from persona4rec.encoder.train_loop import encoder_vectors
 from persona4rec.encoder.validate import evaluate
 from persona4rec.errors import StageUnavailable
 from persona4rec.jobs.align import job as align_job
+from persona4rec.jobs.candidates import job as candidates_job
 from persona4rec.jobs.embed import job as embed_job
 from persona4rec.jobs.train.job import load_data
 from persona4rec.texts import TEXTS_VERSION
@@ -70,7 +71,7 @@ def run(cfg: Config, version: str | None = None) -> Promotion:
     candidate = version or registry.latest_version(cfg)
     current = registry.champion(cfg)
     metric = cfg.train.metric
-    data = load_data(cfg, embed_job.locate(cfg), align_job.locate(cfg))
+    data = load_data(cfg, embed_job.locate(cfg), align_job.locate(cfg), candidates_job.locate(cfg))
     cand_score = score(registry.load_encoder(cfg, candidate), data, cfg, metric)
     champ_score = None
     if current is None:

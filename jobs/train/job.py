@@ -1,8 +1,10 @@
 """The train stage: fit the alignment encoder on Ray Train, log it to MLflow and register it.
 
-Inputs are the embed stage (texts and base vectors) and the align stage (positive personas of training
-interactions). The output version holds the encoder folder and a manifest with the validation metrics
-(against chance and the untrained start), the per-epoch history and the registry version. The Ray Train
+Inputs are the embed stage (texts and base vectors), the align stage (positive personas of training
+interactions) and the candidates stage (the first stage's validation lists: model selection reranks
+them, and hard negatives come from them; its test lists are never read). The output version holds the
+encoder folder and a manifest with the validation metrics (against chance and the untrained start), the
+per-epoch history and the registry version. The Ray Train
 run is named by the stage fingerprint, so a `p4r train` that crashed resumes from its last checkpoint
 when run again. ``encoder.mode=vanilla`` skips training and registers the untuned base model, so that
 it can be compared and promoted like any other version.
@@ -19,18 +21,22 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from persona4rec.artifacts import Manifest, StageResult, StageStore, Timer, atomic_write, fingerprint, upstream
 from persona4rec.config import Config
 from persona4rec.encoder import data as alignment
 from persona4rec.encoder.fit import fit, settings_from, spec_from
+from persona4rec.errors import StageUnavailable
 from persona4rec.jobs.align import job as align_job
+from persona4rec.jobs.candidates import job as candidates_job
 from persona4rec.jobs.embed import job as embed_job
 from persona4rec.texts import TEXTS_VERSION
 
 STAGE = "train"
-VERSION = 1
+VERSION = 2  # 2: item-level objective, first-stage negatives, selection on validation lists
 REGISTRATIONS = "registrations.json"  # registrations made after publishing, beside the manifest
 
 TrainResult = StageResult
@@ -39,34 +45,52 @@ TrainResult = StageResult
 def stage_config(cfg: Config) -> dict[str, Any]:
     return {
         "encoder": cfg.encoder.model_dump(mode="json"),
-        "train": cfg.train.model_dump(mode="json"),
+        "train": {**cfg.train.model_dump(mode="json"), "lists": cfg.train_lists},
         "embed": embed_job.stage_config(cfg),
     }
 
 
 def _inputs(cfg: Config):
-    embedded, aligned = embed_job.locate(cfg), align_job.locate(cfg)
-    return embedded, aligned, [upstream("embed", embedded), upstream("align", aligned)]
+    embedded, aligned, listed = embed_job.locate(cfg), align_job.locate(cfg), candidates_job.locate(cfg)
+    return (embedded, aligned, listed), [upstream("embed", embedded), upstream("align", aligned),
+                                         upstream("candidates", listed)]  # fmt: skip
 
 
 def locate(cfg: Config) -> TrainResult:
-    _, _, inputs = _inputs(cfg)
+    _, inputs = _inputs(cfg)
     fp = fingerprint(STAGE, VERSION, stage_config(cfg), inputs)
     return StageStore(cfg.artifacts_root / STAGE).locate(fp, f"no trained encoder for {cfg.dataset}: run `p4r train`")
 
 
-def load_data(cfg: Config, embedded: StageResult, aligned: StageResult) -> alignment.AlignmentData:
+def load_data(
+    cfg: Config, embedded: StageResult, aligned: StageResult, listed: StageResult
+) -> alignment.AlignmentData:
+    """The encoder's training and validation data; only the 'valid' lists of train.lists (and of the hard
+    negatives' generator) are read from the candidates."""
+    o = cfg.encoder.objective
+    wanted = sorted(set(cfg.train_lists) | ({o.hard_negatives_from} if o.hard_negatives else set()))
+    lists = pq.read_table(listed.table("candidates"), filters=[("split", "=", "valid")])
+    lists = lists.filter(pc.is_in(lists["generator"], pa.array(wanted, pa.string())))
+    made = set(lists["generator"].to_pylist())
+    if missing := [g for g in wanted if g not in made]:
+        raise StageUnavailable(
+            f"train reads the validation lists of {missing}, which `p4r candidates` did not make "
+            f"(candidates.generators: {cfg.candidates.generators}); set train.lists or candidates.generators"
+        )
     return alignment.build(
         pq.read_table(embedded.table("interaction_vectors")),
         pq.read_table(embedded.table("persona_vectors")),
         pq.read_table(aligned.table("labels")),
         history=cfg.encoder.profile.history,
         holdout_users=cfg.train.holdout_users,
+        candidates=lists,
+        hard_negatives=o.hard_negatives if o.target == "item" else 0,
+        hard_negatives_from=o.hard_negatives_from,
     )
 
 
 def run(cfg: Config, *, force: bool = False, progress: bool = True) -> TrainResult:
-    embedded, aligned, inputs = _inputs(cfg)
+    (embedded, aligned, listed), inputs = _inputs(cfg)
     scfg = stage_config(cfg)
     fp = fingerprint(STAGE, VERSION, scfg, inputs)
     store = StageStore(cfg.artifacts_root / STAGE)
@@ -76,7 +100,7 @@ def run(cfg: Config, *, force: bool = False, progress: bool = True) -> TrainResu
 
     timer = Timer()
     with timer("load"):
-        data = load_data(cfg, embedded, aligned)
+        data = load_data(cfg, embedded, aligned, listed)
     spec = spec_from(cfg, data.dim, TEXTS_VERSION)
     settings = settings_from(cfg)
     if cfg.encoder.mode != "vanilla":
