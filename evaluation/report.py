@@ -66,8 +66,9 @@ def write_report(folder: Path, ev: Any, cfg: Any, manifest: Any, found: dict[str
             lines += [
                 "",
                 f"{name}: LambdaRank over {', '.join(model.features)}; fitted on {model.groups} validation lists "
-                f"(leaves {model.params['num_leaves']}, min leaf {model.params['min_data_in_leaf']}, "
-                f"{model.rounds} rounds, chosen by 5-fold cross-validation over users: NDCG@10 "
+                f"(base {model.base:g} x first-stage z-score, leaves {model.params['num_leaves']}, min leaf "
+                f"{model.params['min_data_in_leaf']}, {model.rounds} rounds, chosen by "
+                f"{cfg.evaluate.learned.folds}-fold cross-validation over users: NDCG@10 "
                 f"{max(model.cv.values()):.4f}).",
             ]
         if gen in ev.persona_features:

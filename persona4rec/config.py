@@ -665,6 +665,31 @@ Reranker = Literal[
 ]
 
 
+class LearnedConfig(_Section):
+    """The learned reranker's fit on the validation lists (persona4rec/learned.py): every combination of these
+    settings is cross-validated over users, the best by NDCG@10 is refit on every list."""
+
+    folds: int = Field(5, ge=2, description="Cross-validation folds (users are split, never their lists).")
+    base: list[float] = Field(
+        default_factory=lambda: [0.0, 1.0],
+        description="Weights of the first-stage z-score the trees start from (0: from nothing).",
+    )
+    leaves: list[int] = Field(default_factory=lambda: [3, 7, 15], description="LightGBM num_leaves tried.")
+    min_leaf: list[int] = Field(default_factory=lambda: [50, 200], description="LightGBM min_data_in_leaf tried.")
+    rounds: list[int] = Field(
+        default_factory=lambda: [10, 25, 50, 100, 200, 400], description="Boosting rounds tried."
+    )
+    learning_rate: float = Field(0.03, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _grids(self) -> LearnedConfig:
+        if not (self.base and self.leaves and self.min_leaf and self.rounds):
+            raise ValueError("base, leaves, min_leaf and rounds each need at least one value")
+        if any(v < 2 for v in self.leaves) or any(v < 1 for v in [*self.min_leaf, *self.rounds]):
+            raise ValueError("leaves >= 2, min_leaf >= 1, rounds >= 1")
+        return self
+
+
 class EvaluateConfig(_Section):
     """Offline evaluation (`p4r evaluate`): every reranker on the same candidates, with CIs and tests."""
 
@@ -692,6 +717,7 @@ class EvaluateConfig(_Section):
     alpha: float = Field(0.05, gt=0, lt=1, description="Significance level marked in the report.")
     segment_share: float = Field(0.2, gt=0, le=0.5, description="Share of users (items) called warm/cold (head/tail).")
     latency_users: int = Field(200, ge=1, description="Users timed through the in-memory rerank path.")
+    learned: LearnedConfig = LearnedConfig()
     listwise: ListwiseConfig = ListwiseConfig()
     log_to_mlflow: bool = Field(True, description="Log metrics, the report and its plots as an MLflow run.")
     seed: int = 0

@@ -9,6 +9,8 @@ that knows when to trust the first stage and when the personas. Every feature is
 ``persona_second``  the second best persona's cosine (the best again for an item with one persona)
 ``persona_mean``    the mean cosine over the item's personas
 ``persona_count``   how many personas the item has (1 for an item indexed by its summary row)
+``persona_z``       the persona score z-scored within the list (how this item stands among the candidates)
+``persona_rank``    its 0-based position by persona score within the list
 ``first_z``         the first-stage score, z-scored within the list (scale-free across generators)
 ``first_rank``      the first-stage position, 0-based (by score; ties keep the given order)
 ``first_gap``       (the list's best first-stage score - this one) / the list's score spread
@@ -19,9 +21,11 @@ that knows when to trust the first stage and when the personas. Every feature is
 Not used, because the service holds neither: the untuned encoder's cosines and the summary's cosine.
 
 Training reads validation lists only (one group per user whose held-out item is in the list, label 1 on
-it): hyper-parameters (leaves, minimum leaf size, boosting rounds) are chosen by K-fold cross-validation
-over users on NDCG@10 (:mod:`persona4rec.ranking`'s tie policy), then the model is refit on every list.
-The arg-max persona stays the explanation.
+it). The trees can start from the first stage's order instead of from nothing: a base score
+``base * first_z`` (LightGBM's init score), so that with a few hundred lists they learn a correction to a
+strong first stage rather than re-learn it. Hyper-parameters (base, leaves, minimum leaf size, boosting
+rounds) are chosen by K-fold cross-validation over users on NDCG@10 (:mod:`persona4rec.ranking`'s tie
+policy), then the model is refit on every list. The arg-max persona stays the explanation.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from persona4rec.ranking import ndcg, target_ranks
 from persona4rec.scoring import PersonaTable, Reranking
 
 FEATURES: tuple[str, ...] = (
-    "persona_max", "persona_second", "persona_mean", "persona_count",
+    "persona_max", "persona_second", "persona_mean", "persona_count", "persona_z", "persona_rank",
     "first_z", "first_rank", "first_gap", "log_popularity", "log_history",
 )  # fmt: skip
 PERSONA_FEATURES = frozenset(f for f in FEATURES if f.startswith("persona_"))
@@ -67,16 +71,20 @@ def features(
     std = np.sqrt((np.where(valid, fs - mean, 0.0) ** 2).sum(1, keepdims=True) / cnt)
     spread = np.where(std > 0, std, 1.0)
     top = np.where(valid, fs, -np.inf).max(1, keepdims=True) if c else np.zeros((n, 1))
-    order = np.argsort(-np.where(valid, fs, -np.inf), axis=1, kind="stable")
-    rank = np.empty_like(order)
-    np.put_along_axis(rank, order, np.arange(c)[None, :].repeat(n, 0), axis=1)
+    pm = np.asarray(stats["max"], dtype=np.float64)
+    scored = valid & np.isfinite(pm)
+    p_cnt = np.maximum(scored.sum(1, keepdims=True), 1)
+    p_mean = np.where(scored, pm, 0.0).sum(1, keepdims=True) / p_cnt
+    p_std = np.sqrt((np.where(scored, pm - p_mean, 0.0) ** 2).sum(1, keepdims=True) / p_cnt)
     cols = {
         "persona_max": stats["max"],
         "persona_second": stats["second"],
         "persona_mean": stats["mean"],
         "persona_count": stats["count"],
+        "persona_z": np.where(scored, (pm - p_mean) / np.where(p_std > 0, p_std, 1.0), np.nan),
+        "persona_rank": _positions(np.where(scored, pm, -np.inf)),
         "first_z": (fs - mean) / spread,
-        "first_rank": rank,
+        "first_rank": _positions(np.where(valid, fs, -np.inf)),
         "first_gap": (top - fs) / spread,
         "log_popularity": np.log1p(np.asarray(popularity, dtype=np.float64)),
         "log_history": np.broadcast_to(np.log1p(np.asarray(history, dtype=np.float64))[:, None], (n, c)),
@@ -87,6 +95,15 @@ def features(
     return out.astype(np.float32)
 
 
+def _positions(scores: np.ndarray) -> np.ndarray:
+    """0-based position of each column when its row is sorted by score, best first (ties: column order)."""
+    n, c = scores.shape
+    order = np.argsort(-scores, axis=1, kind="stable")
+    out = np.empty_like(order)
+    np.put_along_axis(out, order, np.arange(c)[None, :].repeat(n, 0), axis=1)
+    return out
+
+
 @dataclass
 class LearnedReranker:
     """A fitted LambdaRank model over a subset of :data:`FEATURES` (serialisable: text model + JSON)."""
@@ -94,6 +111,7 @@ class LearnedReranker:
     features: tuple[str, ...]
     params: dict[str, Any]
     rounds: int
+    base: float = 0.0  # the trees add to base * first_z
     generator: str = ""
     cv: dict[str, float] = field(default_factory=dict)  # every tried setting's mean validation NDCG@10
     groups: int = 0  # validation lists it was fitted on
@@ -105,7 +123,7 @@ class LearnedReranker:
         valid = ~np.isnan(x[..., FEATURES.index("first_rank")])
         out = np.full((n, c), -np.inf, dtype=np.float32)
         if valid.any():
-            out[valid] = self.booster.predict(_select(x[valid], self.features), num_iteration=self.rounds)
+            out[valid] = _predict(self.booster, x, self.features, self.rounds, self.base)[valid]
         return out
 
     def save(self, folder: Path) -> Path:
@@ -132,15 +150,17 @@ def fit(
     *,
     names: Sequence[str] = FEATURES,
     folds: int = 5,
-    leaves: Sequence[int] = (7, 31),
-    min_leaf: Sequence[int] = (20, 100),
-    rounds: Sequence[int] = (25, 50, 100, 200, 400),
+    base: Sequence[float] = (0.0, 1.0),
+    leaves: Sequence[int] = (3, 7, 15),
+    min_leaf: Sequence[int] = (50, 200),
+    rounds: Sequence[int] = (10, 25, 50, 100, 200, 400),
     learning_rate: float = 0.03,
     seed: int = 0,
     generator: str = "",
 ) -> LearnedReranker:
     """LambdaRank on validation lists ``x`` (n, c, len(FEATURES)) whose held-out item sits at ``target_col``
-    (lists that missed it, -1, teach nothing and are left out); settings chosen by cross-validation over users."""
+    (lists that missed it, -1, teach nothing and are left out); settings chosen by cross-validation over users.
+    A ``base`` other than 0 needs ``first_z`` among ``names``'s inputs (it is read from ``x`` either way)."""
     lgb = _lightgbm()
     keep = np.flatnonzero(np.asarray(target_col) >= 0)
     if len(keep) < 2 * folds:
@@ -148,24 +168,26 @@ def fit(
                                f"not {len(keep)}")  # fmt: skip
     x, target_col = x[keep], np.asarray(target_col)[keep]
     fold_of = np.random.default_rng(seed).permutation(len(x)) % folds
-    scores: dict[tuple[int, int, int], list[float]] = {}
-    for leaf, minimum in itertools.product(leaves, min_leaf):
+    order = np.arange(x.shape[1])
+    scores: dict[tuple[float, int, int, int], list[float]] = {}
+    for b, leaf, minimum in itertools.product(base, leaves, min_leaf):
         params = _params(leaf, minimum, learning_rate, seed)
         for f in range(folds):
             train, held = fold_of != f, fold_of == f
-            booster = lgb.train(params, _dataset(lgb, x[train], target_col[train], names), num_boost_round=max(rounds))
-            order = np.arange(x.shape[1])
+            data = _dataset(lgb, x[train], target_col[train], names, b)
+            booster = lgb.train(params, data, num_boost_round=max(rounds))
             for r in rounds:
-                s = _predict(booster, x[held], names, r)
-                ranks = target_ranks(s, target_col[held], order)
-                scores.setdefault((leaf, minimum, r), []).append(ndcg(ranks, K))
+                ranks = target_ranks(_predict(booster, x[held], names, r, b), target_col[held], order)
+                scores.setdefault((b, leaf, minimum, r), []).append(ndcg(ranks, K))
     cv = {key: float(np.mean(v)) for key, v in scores.items()}
-    leaf, minimum, best_rounds = max(cv, key=lambda k: (cv[k], -k[2], -k[0]))  # ties: fewer rounds, leaves
+    # ties: the simpler model (fewer rounds, fewer leaves, larger leaves)
+    b, leaf, minimum, best_rounds = max(cv, key=lambda k: (round(cv[k], 10), -k[3], -k[1], k[2]))
     params = _params(leaf, minimum, learning_rate, seed)
-    booster = lgb.train(params, _dataset(lgb, x, target_col, names), num_boost_round=best_rounds)
+    booster = lgb.train(params, _dataset(lgb, x, target_col, names, b), num_boost_round=best_rounds)
     return LearnedReranker(
-        features=tuple(names), params=params, rounds=best_rounds, generator=generator,
-        cv={f"leaves={a},min_leaf={b},rounds={c}": v for (a, b, c), v in cv.items()}, groups=len(x), booster=booster,
+        features=tuple(names), params=params, rounds=best_rounds, base=b, generator=generator,
+        cv={f"base={a},leaves={c},min_leaf={d},rounds={e}": v for (a, c, d, e), v in cv.items()}, groups=len(x),
+        booster=booster,
     )  # fmt: skip
 
 
@@ -182,20 +204,26 @@ def _select(rows: np.ndarray, names: Sequence[str]) -> np.ndarray:
     return rows[..., [FEATURES.index(n) for n in names]]
 
 
-def _dataset(lgb: Any, x: np.ndarray, target_col: np.ndarray, names: Sequence[str]) -> Any:
+def _base(x: np.ndarray, base: float) -> np.ndarray:
+    """The score the trees start from: ``base`` times the first-stage z-score."""
+    return base * np.nan_to_num(x[..., FEATURES.index("first_z")]) if base else np.zeros(x.shape[:-1])
+
+
+def _dataset(lgb: Any, x: np.ndarray, target_col: np.ndarray, names: Sequence[str], base: float) -> Any:
     valid = ~np.isnan(x[..., FEATURES.index("first_rank")])
     labels = np.zeros(valid.shape, dtype=np.float32)
     labels[np.arange(len(x)), target_col] = 1.0
     return lgb.Dataset(
-        _select(x[valid], names), label=labels[valid], group=valid.sum(1), feature_name=list(names),
-        free_raw_data=False,
+        _select(x[valid], names), label=labels[valid], group=valid.sum(1), init_score=_base(x, base)[valid],
+        feature_name=list(names), free_raw_data=False,
     )  # fmt: skip
 
 
-def _predict(booster: Any, x: np.ndarray, names: Sequence[str], rounds: int) -> np.ndarray:
+def _predict(booster: Any, x: np.ndarray, names: Sequence[str], rounds: int, base: float) -> np.ndarray:
+    """(n, c) scores: the base plus the trees (LightGBM's predict leaves the init score out); padding -inf."""
     valid = ~np.isnan(x[..., FEATURES.index("first_rank")])
     out = np.full(valid.shape, -np.inf)
-    out[valid] = booster.predict(_select(x[valid], names), num_iteration=rounds)
+    out[valid] = booster.predict(_select(x[valid], names), num_iteration=rounds) + _base(x, base)[valid]
     return out
 
 

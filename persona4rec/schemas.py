@@ -139,8 +139,8 @@ REVIEW_SAMPLES = TableSchema(
 QUARANTINE = TableSchema(
     name="quarantine",
     doc=(
-        "Every input line that is not in `reviews`, with the reason. Invalid lines keep their raw text; "
-        "valid reviews that a filter removed (duplicate, item filter, k-core) keep their ids instead."
+        "Every input line that is not in `reviews`, with the reason. Invalid lines and duplicates keep their raw "
+        "line; valid reviews that a filter removed (item filter, k-core) keep their ids instead."
     ),
     key=("source_table", "source_file", "source_line"),
     columns=(
@@ -149,7 +149,7 @@ QUARANTINE = TableSchema(
         _c("source_line", I64, "1-based line (or row) number."),
         _c("reason", STR, "One of the reasons listed below."),
         _c("detail", STR, "What exactly was wrong, e.g. the offending value.", nullable=True),
-        _c("raw", STR, "The raw line (invalid UTF-8 replaced), for invalid lines.", nullable=True),
+        _c("raw", STR, "The raw line (invalid UTF-8 replaced), for invalid lines and duplicates.", nullable=True),
         _c("review_id", STR, "Review id, when the line parsed far enough.", nullable=True),
         _c("user_id", STR, "User id, when known.", nullable=True),
         _c("item_id", STR, "Item id, when known.", nullable=True),

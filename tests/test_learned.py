@@ -43,12 +43,13 @@ def test_lambdarank_finds_a_planted_signal_and_round_trips(tmp_path: Path):
     stats["max"][np.arange(n), target] += 0.6  # the persona score points at the held-out item
     x = features(stats, fs, rng.integers(0, 50, (n, c)), rng.integers(1, 20, n))
     train, test = slice(0, 300), slice(300, None)
-    model = fit(x[train], target[train], seed=0)
+    small = {"folds": 3, "base": (0.0,), "leaves": (7,), "min_leaf": (20,), "rounds": (25, 100)}
+    model = fit(x[train], target[train], seed=0, **small)
     ranks = target_ranks(model.score(x[test]), target[test], np.arange(c))
     assert ndcg(ranks, 10) > 0.9  # the first stage's order alone is at chance here
     assert ndcg(target_ranks(-np.arange(c)[None].repeat(100, 0), target[test], np.arange(c)), 10) < 0.5
     # without the persona features the signal is gone
-    blind = fit(x[train], target[train], names=[f for f in FEATURES if not f.startswith("persona_")], seed=0)
+    blind = fit(x[train], target[train], names=[f for f in FEATURES if not f.startswith("persona_")], seed=0, **small)
     assert ndcg(target_ranks(blind.score(x[test]), target[test], np.arange(c)), 10) < 0.5
     back = LearnedReranker.load(model.save(tmp_path / "m"))
     np.testing.assert_allclose(back.score(x[test]), model.score(x[test]), rtol=1e-6)
