@@ -49,17 +49,21 @@ class Variant:
 VARIANTS = (
     Variant("persona_labels", "persona-level labels (evidence), selected on catalogue HR@10 (before #24)",
             ("encoder.objective.target=persona", "train.metric=hr@10")),
-    Variant("item", "item-level InfoNCE, in-batch negatives", ("encoder.objective.target=item",)),
-    Variant("item_hard", "item-level + 10 first-stage (LightGCN) hard negatives",
-            ("encoder.objective.target=item", "encoder.objective.hard_negatives=10")),
+    Variant("item", "item-level InfoNCE, in-batch negatives",
+            ("encoder.objective.target=item", "encoder.objective.negatives=batch")),
+    Variant("item_hard", "item-level, in-batch + 10 first-stage (LightGCN) hard negatives",
+            ("encoder.objective.target=item", "encoder.objective.negatives=batch",
+             "encoder.objective.hard_negatives=10")),
     Variant("item_catalogue", "item-level, whole-catalogue negatives",
             ("encoder.objective.target=item", "encoder.objective.negatives=catalogue")),
     Variant("item_prior", "item-level, whole catalogue + popularity prior (logit adjustment)",
             ("encoder.objective.target=item", "encoder.objective.negatives=catalogue",
              "encoder.objective.popularity_prior=true")),
 )  # fmt: skip
-EVAL = ("evaluate.listwise.users=0", "evaluate.log_to_mlflow=false",
-        "evaluate.rerankers=[first_stage,popularity,persona_vanilla,persona,persona_fused,learned,learned_no_persona]")  # fmt: skip
+RERANKERS = (
+    "first_stage", "popularity", "persona_vanilla", "persona", "persona_fused", "learned", "learned_no_persona",
+)  # fmt: skip
+EVAL = ("evaluate.listwise.users=0", "evaluate.log_to_mlflow=false", f"evaluate.rerankers=[{','.join(RERANKERS)}]")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,26 +166,23 @@ def report(results: dict[str, _Result], default: str, cfg: Config) -> str:
             continue
         lines += [f"## {gen}", "", "| reranker | HR@10 [95% CI] | vs candidate order | NDCG@10 [95% CI] | vs candidate "
                   "order |", "|---|---|---|---|---|"]  # fmt: skip
-
-        def add(label, rows, name):
+        shown = [("candidate order", rows_d, "first_stage"), ("popularity", rows_d, "popularity"),
+                 ("persona score, untuned encoder", rows_d, "persona_vanilla"),
+                 *((f"persona score, {r.variant.label}", r.rows, "persona") for r in results.values()),
+                 (f"linear fusion ({default})", rows_d, "persona_fused"),
+                 (f"learned reranker without persona features ({default})", rows_d, "learned_no_persona"),
+                 (f"**learned reranker** ({default})", rows_d, "learned")]  # fmt: skip
+        for label, rows, name in shown:
             cells = [c for m in ("hr", "ndcg") for c in _cell(_row(rows, gen, name, f"{m}@{K}"), base[m])]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
-
-        add("candidate order", rows_d, "first_stage")
-        add("popularity", rows_d, "popularity")
-        add("persona score, untuned encoder", rows_d, "persona_vanilla")
-        for r in results.values():
-            add(f"persona score, {r.variant.label}", r.rows, "persona")
-        add(f"linear fusion ({default})", rows_d, "persona_fused")
-        add(f"learned reranker without persona features ({default})", rows_d, "learned_no_persona")
-        add(f"**learned reranker** ({default})", rows_d, "learned")
         lines.append("")
 
-        comparisons = [("fine-tuned (default) vs untuned encoder", d.ranks(gen, "persona"),
-                        d.ranks(gen, "persona_vanilla")),
-                       ("learned vs learned without persona features", d.ranks(gen, "learned"),
-                        d.ranks(gen, "learned_no_persona")),
-                       ("learned vs linear fusion", d.ranks(gen, "learned"), d.ranks(gen, "persona_fused"))]  # fmt: skip
+        comparisons = [
+            ("fine-tuned (default) vs untuned encoder", d.ranks(gen, "persona"), d.ranks(gen, "persona_vanilla")),
+            ("learned vs learned without persona features", d.ranks(gen, "learned"),
+             d.ranks(gen, "learned_no_persona")),
+            ("learned vs linear fusion", d.ranks(gen, "learned"), d.ranks(gen, "persona_fused")),
+        ]
         if "persona_labels" in results and default != "persona_labels":
             comparisons.insert(1, (f"{default} vs persona-level labels (persona score)", d.ranks(gen, "persona"),
                                    results["persona_labels"].ranks(gen, "persona")))  # fmt: skip

@@ -66,7 +66,8 @@ def write_report(folder: Path, ev: Any, cfg: Any, manifest: Any, found: dict[str
             lines += [
                 "",
                 f"{name}: LambdaRank over {', '.join(model.features)}; fitted on {model.groups} validation lists "
-                f"(base {model.base:g} x first-stage z-score, leaves {model.params['num_leaves']}, min leaf "
+                f"(base {model.base[0]:g} x first-stage z + {model.base[1]:g} x persona z, leaves "
+                f"{model.params['num_leaves']}, min leaf "
                 f"{model.params['min_data_in_leaf']}, {model.rounds} rounds, chosen by "
                 f"{cfg.evaluate.learned.folds}-fold cross-validation over users: NDCG@10 "
                 f"{max(model.cv.values()):.4f}).",

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -401,8 +401,9 @@ class ObjectiveConfig(_Section):
     )
     smoothing: float = Field(0.05, gt=0, description="sigma of the logsumexp aggregation.")
     negatives: Literal["batch", "catalogue"] = Field(
-        "batch",
-        description="Item target: the other items of the batch, or every item with personas, are the negatives.",
+        "catalogue",
+        description="Item target: every item with personas (one softmax over the catalogue; measured best), or the "
+        "other items of the batch (for catalogues too large for that) are the negatives.",
     )
     hard_negatives: int = Field(
         0, ge=0, description="Item target: first-stage items per example added as negatives (0: none)."
@@ -670,14 +671,14 @@ class LearnedConfig(_Section):
     settings is cross-validated over users, the best by NDCG@10 is refit on every list."""
 
     folds: int = Field(5, ge=2, description="Cross-validation folds (users are split, never their lists).")
-    base: list[float] = Field(
-        default_factory=lambda: [0.0, 1.0],
-        description="Weights of the first-stage z-score the trees start from (0: from nothing).",
+    base: list[Annotated[list[float], Field(min_length=2, max_length=2)]] = Field(
+        default_factory=lambda: [[0.0, 0.0], [1.0, 0.0], [1.0, 0.5], [1.0, 1.0], [1.0, 2.0]],
+        description="Weights (a, b) of the linear score a * first-stage z + b * persona z the trees start from.",
     )
     leaves: list[int] = Field(default_factory=lambda: [3, 7, 15], description="LightGBM num_leaves tried.")
     min_leaf: list[int] = Field(default_factory=lambda: [50, 200], description="LightGBM min_data_in_leaf tried.")
     rounds: list[int] = Field(
-        default_factory=lambda: [10, 25, 50, 100, 200, 400], description="Boosting rounds tried."
+        default_factory=lambda: [0, 10, 25, 50, 100, 200, 400], description="Boosting rounds tried (0: the base alone)."
     )
     learning_rate: float = Field(0.03, gt=0, le=1)
 
@@ -685,8 +686,8 @@ class LearnedConfig(_Section):
     def _grids(self) -> LearnedConfig:
         if not (self.base and self.leaves and self.min_leaf and self.rounds):
             raise ValueError("base, leaves, min_leaf and rounds each need at least one value")
-        if any(v < 2 for v in self.leaves) or any(v < 1 for v in [*self.min_leaf, *self.rounds]):
-            raise ValueError("leaves >= 2, min_leaf >= 1, rounds >= 1")
+        if any(v < 2 for v in self.leaves) or any(v < 1 for v in self.min_leaf) or any(v < 0 for v in self.rounds):
+            raise ValueError("leaves >= 2, min_leaf >= 1, rounds >= 0")
         return self
 
 

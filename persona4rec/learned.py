@@ -21,11 +21,13 @@ that knows when to trust the first stage and when the personas. Every feature is
 Not used, because the service holds neither: the untuned encoder's cosines and the summary's cosine.
 
 Training reads validation lists only (one group per user whose held-out item is in the list, label 1 on
-it). The trees can start from the first stage's order instead of from nothing: a base score
-``base * first_z`` (LightGBM's init score), so that with a few hundred lists they learn a correction to a
-strong first stage rather than re-learn it. Hyper-parameters (base, leaves, minimum leaf size, boosting
-rounds) are chosen by K-fold cross-validation over users on NDCG@10 (:mod:`persona4rec.ranking`'s tie
-policy), then the model is refit on every list. The arg-max persona stays the explanation.
+it). The trees start from a linear base score ``a * first_z + b * persona_z`` (LightGBM's init score)
+rather than from nothing, so that with a few hundred lists they learn a correction to a strong first
+stage instead of re-learning it; with 0 rounds the model is that linear z-score fusion alone.
+Hyper-parameters (the base's weights, leaves, minimum leaf size, boosting rounds) are chosen by K-fold
+cross-validation over users on NDCG@10 (:mod:`persona4rec.ranking`'s tie policy), then the model is refit
+on every list. A model without the persona features only tries bases with ``b = 0``. The arg-max persona
+stays the explanation.
 """
 
 from __future__ import annotations
@@ -111,7 +113,7 @@ class LearnedReranker:
     features: tuple[str, ...]
     params: dict[str, Any]
     rounds: int
-    base: float = 0.0  # the trees add to base * first_z
+    base: tuple[float, float] = (0.0, 0.0)  # the trees add to base[0] * first_z + base[1] * persona_z
     generator: str = ""
     cv: dict[str, float] = field(default_factory=dict)  # every tried setting's mean validation NDCG@10
     groups: int = 0  # validation lists it was fitted on
@@ -140,7 +142,7 @@ class LearnedReranker:
         unknown = [f for f in meta["features"] if f not in FEATURES]
         if unknown:
             raise ValueError(f"{folder}: the reranker reads features this code does not make: {unknown}")
-        meta["features"] = tuple(meta["features"])
+        meta["features"], meta["base"] = tuple(meta["features"]), tuple(meta["base"])
         return cls(**meta, booster=lgb.Booster(model_file=str(folder / MODEL_FILE)))
 
 
@@ -150,32 +152,35 @@ def fit(
     *,
     names: Sequence[str] = FEATURES,
     folds: int = 5,
-    base: Sequence[float] = (0.0, 1.0),
+    base: Sequence[tuple[float, float]] = ((0.0, 0.0), (1.0, 0.0), (1.0, 0.5), (1.0, 1.0), (1.0, 2.0)),
     leaves: Sequence[int] = (3, 7, 15),
     min_leaf: Sequence[int] = (50, 200),
-    rounds: Sequence[int] = (10, 25, 50, 100, 200, 400),
+    rounds: Sequence[int] = (0, 10, 25, 50, 100, 200, 400),
     learning_rate: float = 0.03,
     seed: int = 0,
     generator: str = "",
 ) -> LearnedReranker:
     """LambdaRank on validation lists ``x`` (n, c, len(FEATURES)) whose held-out item sits at ``target_col``
     (lists that missed it, -1, teach nothing and are left out); settings chosen by cross-validation over users.
-    A ``base`` other than 0 needs ``first_z`` among ``names``'s inputs (it is read from ``x`` either way)."""
+    Bases read ``first_z`` and ``persona_z`` from ``x`` whatever ``names`` holds; without the persona features
+    among ``names`` only bases with no persona weight are tried. 0 rounds: the base alone."""
     lgb = _lightgbm()
     keep = np.flatnonzero(np.asarray(target_col) >= 0)
     if len(keep) < 2 * folds:
         raise StageUnavailable(f"the learned reranker needs at least {2 * folds} validation lists with a hit, "
                                f"not {len(keep)}")  # fmt: skip
     x, target_col = x[keep], np.asarray(target_col)[keep]
+    if not PERSONA_FEATURES & set(names):
+        base = list(dict.fromkeys((a, 0.0) for a, _ in base))
     fold_of = np.random.default_rng(seed).permutation(len(x)) % folds
     order = np.arange(x.shape[1])
-    scores: dict[tuple[float, int, int, int], list[float]] = {}
+    scores: dict[tuple[tuple[float, float], int, int, int], list[float]] = {}
     for b, leaf, minimum in itertools.product(base, leaves, min_leaf):
         params = _params(leaf, minimum, learning_rate, seed)
         for f in range(folds):
             train, held = fold_of != f, fold_of == f
             data = _dataset(lgb, x[train], target_col[train], names, b)
-            booster = lgb.train(params, data, num_boost_round=max(rounds))
+            booster = lgb.train(params, data, num_boost_round=max(max(rounds), 1))
             for r in rounds:
                 ranks = target_ranks(_predict(booster, x[held], names, r, b), target_col[held], order)
                 scores.setdefault((b, leaf, minimum, r), []).append(ndcg(ranks, K))
@@ -183,11 +188,11 @@ def fit(
     # ties: the simpler model (fewer rounds, fewer leaves, larger leaves)
     b, leaf, minimum, best_rounds = max(cv, key=lambda k: (round(cv[k], 10), -k[3], -k[1], k[2]))
     params = _params(leaf, minimum, learning_rate, seed)
-    booster = lgb.train(params, _dataset(lgb, x, target_col, names, b), num_boost_round=best_rounds)
+    booster = lgb.train(params, _dataset(lgb, x, target_col, names, b), num_boost_round=max(best_rounds, 1))
     return LearnedReranker(
-        features=tuple(names), params=params, rounds=best_rounds, base=b, generator=generator,
-        cv={f"base={a},leaves={c},min_leaf={d},rounds={e}": v for (a, c, d, e), v in cv.items()}, groups=len(x),
-        booster=booster,
+        features=tuple(names), params=params, rounds=best_rounds, base=tuple(b), generator=generator,
+        cv={f"base={a[0]:g}/{a[1]:g},leaves={c},min_leaf={d},rounds={e}": v for (a, c, d, e), v in cv.items()},
+        groups=len(x), booster=booster,
     )  # fmt: skip
 
 
@@ -204,12 +209,14 @@ def _select(rows: np.ndarray, names: Sequence[str]) -> np.ndarray:
     return rows[..., [FEATURES.index(n) for n in names]]
 
 
-def _base(x: np.ndarray, base: float) -> np.ndarray:
-    """The score the trees start from: ``base`` times the first-stage z-score."""
-    return base * np.nan_to_num(x[..., FEATURES.index("first_z")]) if base else np.zeros(x.shape[:-1])
+def _base(x: np.ndarray, base: tuple[float, float]) -> np.ndarray:
+    """The score the trees start from: ``a * first_z + b * persona_z`` (a missing z counts 0)."""
+    a, b = base
+    first, persona = (np.nan_to_num(x[..., FEATURES.index(f)]) for f in ("first_z", "persona_z"))
+    return a * first + b * persona
 
 
-def _dataset(lgb: Any, x: np.ndarray, target_col: np.ndarray, names: Sequence[str], base: float) -> Any:
+def _dataset(lgb: Any, x: np.ndarray, target_col: np.ndarray, names: Sequence[str], base: tuple[float, float]) -> Any:
     valid = ~np.isnan(x[..., FEATURES.index("first_rank")])
     labels = np.zeros(valid.shape, dtype=np.float32)
     labels[np.arange(len(x)), target_col] = 1.0
@@ -219,11 +226,12 @@ def _dataset(lgb: Any, x: np.ndarray, target_col: np.ndarray, names: Sequence[st
     )  # fmt: skip
 
 
-def _predict(booster: Any, x: np.ndarray, names: Sequence[str], rounds: int, base: float) -> np.ndarray:
+def _predict(booster: Any, x: np.ndarray, names: Sequence[str], rounds: int, base: tuple[float, float]) -> np.ndarray:
     """(n, c) scores: the base plus the trees (LightGBM's predict leaves the init score out); padding -inf."""
     valid = ~np.isnan(x[..., FEATURES.index("first_rank")])
     out = np.full(valid.shape, -np.inf)
-    out[valid] = booster.predict(_select(x[valid], names), num_iteration=rounds) + _base(x, base)[valid]
+    trees = booster.predict(_select(x[valid], names), num_iteration=rounds) if rounds > 0 else 0.0
+    out[valid] = trees + _base(x, base)[valid]
     return out
 
 

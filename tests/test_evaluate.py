@@ -15,7 +15,6 @@ from persona4rec.jobs.train import job as train_job
 from tests.conftest import benchmark_script
 
 
-
 @pytest.fixture(scope="module")
 def evaluated(mi_pipeline, vllm_engine):
     config, _ = mi_pipeline

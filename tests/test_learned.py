@@ -43,7 +43,7 @@ def test_lambdarank_finds_a_planted_signal_and_round_trips(tmp_path: Path):
     stats["max"][np.arange(n), target] += 0.6  # the persona score points at the held-out item
     x = features(stats, fs, rng.integers(0, 50, (n, c)), rng.integers(1, 20, n))
     train, test = slice(0, 300), slice(300, None)
-    small = {"folds": 3, "base": (0.0,), "leaves": (7,), "min_leaf": (20,), "rounds": (25, 100)}
+    small = {"folds": 3, "base": ((0.0, 0.0),), "leaves": (7,), "min_leaf": (20,), "rounds": (25, 100)}
     model = fit(x[train], target[train], seed=0, **small)
     ranks = target_ranks(model.score(x[test]), target[test], np.arange(c))
     assert ndcg(ranks, 10) > 0.9  # the first stage's order alone is at chance here

@@ -10,6 +10,7 @@ import pytest
 from persona4rec.evaluation import metrics as M
 from persona4rec.ranking import metrics_at
 
+
 def test_no_users_is_undefined_not_zero():
     v = metrics_at(np.zeros(0, dtype=np.int64), ks=[10])
     assert math.isnan(M.mean(v["ndcg@10"]))

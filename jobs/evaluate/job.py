@@ -293,13 +293,13 @@ def _fit_learned(name: str, gen: str, scorer: _Scorer, valid: Lists, known: _Kno
     names = FEATURES if name == "learned" else tuple(f for f in FEATURES if f not in PERSONA_FEATURES)
     g = cfg.evaluate.learned
     return fit(_learned_features(scorer, sub, "valid", known), sub.target_col, names=names, folds=g.folds,
-               base=g.base, leaves=g.leaves, min_leaf=g.min_leaf, rounds=g.rounds, learning_rate=g.learning_rate,
-               seed=cfg.evaluate.seed, generator=gen)  # fmt: skip
+               base=[tuple(b) for b in g.base], leaves=g.leaves, min_leaf=g.min_leaf, rounds=g.rounds,
+               learning_rate=g.learning_rate, seed=cfg.evaluate.seed, generator=gen)  # fmt: skip
 
 
 def _learned_summary(model) -> dict[str, Any]:
     best = max(model.cv.values()) if model.cv else None
-    return {"features": list(model.features), "rounds": model.rounds, "base": model.base,
+    return {"features": list(model.features), "rounds": model.rounds, "base": list(model.base),
             "num_leaves": model.params["num_leaves"],
             "min_data_in_leaf": model.params["min_data_in_leaf"], "validation_lists": model.groups,
             "cv_ndcg@10": best}  # fmt: skip
