@@ -72,6 +72,8 @@ def write_report(folder: Path, ev: Any, cfg: Any, manifest: Any, found: dict[str
                 f"{cfg.evaluate.learned.folds}-fold cross-validation over users: NDCG@10 "
                 f"{max(model.cv.values()):.4f}).",
             ]
+        for name, why in ev.learned_skipped.get(gen, {}).items():
+            lines += ["", f"{name}: not fitted: {why}."]
         if gen in ev.persona_features:
             p = ev.persona_features[gen]
             lines += ["", f"What the persona features add to the learned reranker (paired test, learned against "

@@ -32,7 +32,8 @@ class P4RGroup(click.Group):
     """Lists commands in pipeline order; turns the project's own errors into one line and exit code 2."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return list(self.commands)
+        first = {name: i for i, name in enumerate(("run", *PIPELINE))}
+        return sorted(self.commands, key=lambda name: first.get(name, len(first)))  # the rest as defined
 
     def invoke(self, ctx: click.Context) -> Any:
         try:

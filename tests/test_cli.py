@@ -24,7 +24,7 @@ def test_help_lists_stages_in_pipeline_order():
     assert result.exit_code == 0
     listed = [line.split()[0] for line in result.output.split("Commands:")[1].strip().splitlines()]
     assert listed[:10] == [
-        "run", "prepare", "reason", "align", "embed", "train", "promote", "index", "candidates", "evaluate"
+        "run", "prepare", "reason", "align", "embed", "candidates", "train", "promote", "index", "evaluate"
     ]  # fmt: skip
     assert "key=value" in result.output
 

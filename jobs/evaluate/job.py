@@ -53,6 +53,7 @@ class Evaluation:
     latency_ms: dict[str, list[float]] = field(default_factory=dict)  # reranker -> per-request times
     fusion: dict[str, dict[str, Any]] = field(default_factory=dict)  # generator -> tuned weight, grid scores
     learned: dict[str, dict[str, Any]] = field(default_factory=dict)  # generator -> reranker -> LearnedReranker
+    learned_skipped: dict[str, dict[str, str]] = field(default_factory=dict)  # generator -> reranker -> why
     persona_features: dict[str, dict[str, float]] = field(default_factory=dict)  # generator -> metric -> p, learned
     # against learned_no_persona on the same users
     llm: dict[str, Any] = field(default_factory=dict)
@@ -171,7 +172,11 @@ def run(cfg: Config, *, force: bool = False, progress: bool = True, engine: Any 
                 elif name == "persona":
                     scored[name] = persona_test
                 elif name in LEARNED:
-                    model = _fit_learned(name, gen, scorers["persona"], valid, known, cfg)
+                    try:
+                        model = _fit_learned(name, gen, scorers["persona"], valid, known, cfg)
+                    except StageUnavailable as exc:  # too few validation lists to learn from: said, not fatal
+                        ev.learned_skipped.setdefault(gen, {})[name] = str(exc)
+                        continue
                     ev.learned.setdefault(gen, {})[name] = model
                     scored[name] = model.score(_learned_features(scorers["persona"], test, "test", known))
                 elif name in scorers:
@@ -216,6 +221,7 @@ def run(cfg: Config, *, force: bool = False, progress: bool = True, engine: Any 
                            "latency_ms": {k: _summary(v) for k, v in ev.latency_ms.items()},
                            "learned": {g: {n: _learned_summary(m) for n, m in ms.items()}
                                        for g, ms in ev.learned.items()},
+                           "learned_skipped": ev.learned_skipped,
                            "persona_features_p": ev.persona_features}  # fmt: skip
         for gen, models in ev.learned.items():
             for name, model in models.items():
