@@ -59,6 +59,9 @@ VARIANTS = (
     Variant("item_prior", "item-level, whole catalogue + popularity prior (logit adjustment)",
             ("encoder.objective.target=item", "encoder.objective.negatives=catalogue",
              "encoder.objective.popularity_prior=true")),
+    Variant("item_catalogue_lse", "item-level, whole catalogue, smooth max (logsumexp) over an item's personas",
+            ("encoder.objective.target=item", "encoder.objective.negatives=catalogue",
+             "encoder.objective.aggregation=logsumexp")),
 )  # fmt: skip
 RERANKERS = (
     "first_stage", "popularity", "persona_vanilla", "persona", "persona_fused", "learned", "learned_no_persona",
@@ -106,7 +109,9 @@ def _default_key(cfg: Config) -> str:
     if o.target == "persona":
         return "persona_labels"
     if o.negatives == "catalogue":
-        return "item_prior" if o.popularity_prior else "item_catalogue"
+        if o.popularity_prior:
+            return "item_prior"
+        return "item_catalogue_lse" if o.aggregation == "logsumexp" else "item_catalogue"
     return "item_hard" if o.hard_negatives else "item"
 
 

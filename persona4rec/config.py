@@ -397,7 +397,9 @@ class ObjectiveConfig(_Section):
         ),
     )
     aggregation: Literal["max", "logsumexp"] = Field(
-        "max", description="How an item's score is made from its personas' cosines while training (item target)."
+        "logsumexp",
+        description="How an item's score is made from its personas' cosines while training (item target): a smooth "
+        "max that trains every persona by how close it is (measured best), or the max that serving computes.",
     )
     smoothing: float = Field(0.05, gt=0, description="sigma of the logsumexp aggregation.")
     negatives: Literal["batch", "catalogue"] = Field(
