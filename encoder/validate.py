@@ -87,6 +87,7 @@ def chance(data: AlignmentData) -> dict[str, float]:
             per_list[gen] = float(np.sum(np.where(hit.any(1), expected, 0.0)) / max(data.valid.list_users[gen], 1))
         if per_list:
             out[f"list_ndcg@{K}"] = float(np.mean(list(per_list.values())))
+            out.update({f"list_ndcg@{K}/{gen}": v for gen, v in per_list.items()})
     if len(data.heldout):
         out[f"persona_recall@{K}"] = min(K / len(data.persona_ids), 1.0)
     return out

@@ -334,9 +334,15 @@ def _train(loaded: LoadedConfig, *, force: bool, quiet: bool) -> None:
         click.echo(f"train: wrote {result.folder}")
         _cost_of_stage(result.manifest)
     d = c["data"]
+    target = result.manifest.stage_config["encoder"].get("objective", {}).get("target", "persona")
+    examples = (
+        f"{d.get('item_examples', 0):,} training interactions with a history (item target; "
+        f"{d['train_examples']:,} labelled)" if target == "item" else f"{d['train_examples']:,} labelled examples"
+    )
+    lists = ", ".join(f"{g} {n:,}" for g, n in d.get("valid_lists", {}).items())
     click.echo(
-        f"  {d['train_examples']:,} training examples, {d['heldout_examples']:,} held out, "
-        f"{d['valid_examples']:,} validation users"
+        f"  {examples}, {d['heldout_examples']:,} held out, {d['valid_examples']:,} validation users"
+        + (f" (validation lists: {lists})" if lists else "")
     )
     for name, value in c["validation"].items():
         click.echo(f"  {name:<20} {value:.4f}   (chance {c['chance'].get(name, float('nan')):.4f})")
