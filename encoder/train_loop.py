@@ -2,8 +2,8 @@
 
 Each epoch every worker takes an equal shard of a seeded permutation of the training examples and
 encodes its batch in one forward pass. With ``encoder.objective.target: item`` the examples are every
-training interaction with a history, each item scored as the max over its personas against the batch's
-other items (or the catalogue) and the first stage's hard negatives (:func:`item_batch_loss`); with
+training interaction with a history, each item scored from its personas (the max, or a smooth max)
+against every item (or the batch's own) and the first stage's hard negatives (:func:`item_batch_loss`); with
 ``persona`` they are the labelled interactions, positive personas against the personas of every
 worker's batch (:func:`batch_loss`). Rank 0 then validates, the verdict is broadcast, and a checkpoint
 is reported holding the latest state (to resume after a failure) and the best state so far (what
