@@ -9,23 +9,33 @@
     GET  /docs, /openapi.json    the schema
     GET  /ui                     the persona explorer: items, users, index and evaluation (HTML, serve/ui.py)
 
-Bad input is a 4xx that says what is wrong (422 for an invalid body or unknown item ids, 404 for an
-unknown user when ``serve.unknown_user`` is ``error``); 503 while no index is loaded.
+Bad input is a 4xx that says what is wrong, never a 5xx: 422 for an invalid body or unknown item ids, 400
+for a body that is not parseable JSON text (nested too deeply, not UTF-8, an integer of more than 4300
+digits), 415 for a body not sent as JSON, 404 for an unknown user when ``serve.unknown_user`` is ``error``.
+Request models are strict: ``k`` is a JSON integer (not "10", not true), ids are strings of 1 to 256
+characters, first-stage scores are JSON numbers of magnitude at most 1e38 (NaN, Infinity and 1e400 are
+refused: the scores are fused in float32), and no string may hold a lone UTF-16 surrogate (JSON's "\ud800"
+escape decodes to one, and it cannot be written back as UTF-8). A 422 lists at most ``MAX_ERRORS`` errors,
+and echoes an input only when it is short and JSON-safe. 503 while no index is loaded.
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the request models from the route
 # signatures at run time, and they are defined inside create_app (their limits come from the config).
 
+import json
 import math
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, Self
+from typing import Annotated, Any, Self
 
 from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from persona4rec import __version__
 from persona4rec.config import Config
@@ -34,8 +44,35 @@ from persona4rec.serve.recommender import NotReady, Recommender, UnknownUser
 from persona4rec.serve.snapshot import Snapshot
 from persona4rec.serve.ui import router as explorer
 
-ID = Field(min_length=1, max_length=256)
+MAX_ID = 256  # characters of a user or item id
+#: The largest first-stage score magnitude: scores are fused in float32 (max 3.4e38), after a min-max scaling
+#: that subtracts two of them, so a larger one would overflow to inf and come out as NaN.
+MAX_SCORE = 1e38
+MAX_ERRORS = 20  # validation errors listed in a 422
+MAX_ECHO = 200  # characters of an input a 422 echoes back
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+def _valid_unicode(text: str) -> str:
+    """Refuse a lone UTF-16 surrogate (JSON's ``"\\ud800"`` escape decodes to one; no UTF-8 can carry it).
+
+    pydantic's length-constrained strict ``str`` already refuses one (``string_unicode``, reworded by
+    :func:`_validation_error`); this keeps the guarantee, for an ASCII string at the cost of one ``isascii``,
+    should it stop doing so: a surrogate that reaches a response makes its UTF-8 encoding fail, a 500."""
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(
+                f"the text holds a lone UTF-16 surrogate (U+{ord(text[exc.start]):04X}) at character {exc.start}: "
+                "send valid Unicode"
+            ) from None
+    return text
+
+
+UserId = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=MAX_ID), AfterValidator(_valid_unicode)]
+ItemId = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=MAX_ID)]
+Score = Annotated[float, Field(strict=True, allow_inf_nan=False)]  # a JSON number; the bound: _scores below
 
 
 class Explanation(BaseModel):
@@ -70,35 +107,52 @@ def create_app(cfg: Config, recommender: Recommender, *, manage_watcher: bool = 
 
     class RerankRequest(BaseModel):
         model_config = ConfigDict(extra="forbid")
-        user_id: str = ID
-        candidates: list[str] = Field(min_length=1, max_length=max_candidates, description="Item ids, no repeats.")
-        first_stage_scores: list[float] | None = Field(
-            None, description="One score per candidate from the first stage; fused with score.fusion_weight."
+        user_id: UserId
+        candidates: list[ItemId] = Field(
+            min_length=1, max_length=max_candidates, description="Item ids (1 to 256 characters), no repeats."
+        )
+        first_stage_scores: list[Score] | None = Field(
+            None,
+            description="One score per candidate from the first stage (finite, |score| <= 1e38); fused with "
+            "score.fusion_weight.",
         )
 
         @field_validator("candidates")
         @classmethod
         def _ids(cls, ids: list[str]) -> list[str]:
-            if any(not i or len(i) > 256 for i in ids):
-                raise ValueError("every candidate id is a non-empty string of at most 256 characters")
+            joined = "".join(ids)  # one check for the whole list; surrogates stay unpaired across a join
+            if not joined.isascii():
+                for n, i in enumerate(ids):
+                    try:
+                        _valid_unicode(i)
+                    except ValueError as exc:
+                        raise ValueError(f"candidate {n}: {exc}") from None
             if len(set(ids)) != len(ids):
                 raise ValueError("candidates repeat an item id")
             return ids
 
+        @field_validator("first_stage_scores")
+        @classmethod
+        def _bounded(cls, scores: list[float] | None) -> list[float] | None:
+            if scores and (max(scores) > MAX_SCORE or min(scores) < -MAX_SCORE):  # C loops: cheap on long lists
+                n = next(n for n, x in enumerate(scores) if abs(x) > MAX_SCORE)
+                raise ValueError(
+                    f"score {n} is {scores[n]:g}: first-stage scores must lie within +-{MAX_SCORE:g} "
+                    "(they are fused in float32)"
+                )
+            return scores
+
         @model_validator(mode="after")
         def _scores(self) -> Self:
             s = self.first_stage_scores
-            if s is not None:
-                if len(s) != len(self.candidates):
-                    raise ValueError(f"{len(s)} first_stage_scores for {len(self.candidates)} candidates")
-                if not all(math.isfinite(x) for x in s):
-                    raise ValueError("first_stage_scores must be finite numbers")
+            if s is not None and len(s) != len(self.candidates):
+                raise ValueError(f"{len(s)} first_stage_scores for {len(self.candidates)} candidates")
             return self
 
     class RecommendRequest(BaseModel):
         model_config = ConfigDict(extra="forbid")
-        user_id: str = ID
-        k: int = Field(10, ge=1, le=max_k)
+        user_id: UserId
+        k: int = Field(10, ge=1, le=max_k, strict=True, description="A JSON integer.")
 
     registry = CollectorRegistry()
     latency = Histogram(
@@ -136,6 +190,23 @@ def create_app(cfg: Config, recommender: Recommender, *, manage_watcher: bool = 
 
     app.add_middleware(Metrics, latency=latency, requests=requests, errors=errors)
 
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        if isinstance(exc.body, bytes | bytearray):  # FastAPI parses JSON only when the content type says so
+            kind = _clip(request.headers.get("content-type") or "none")
+            return JSONResponse(
+                {"detail": f"send the body as JSON, with Content-Type: application/json (it was {kind!r})"}, 415
+            )
+        return _validation_error(exc.errors())
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        cause = exc.__cause__
+        if exc.status_code == 400 and cause is not None and not isinstance(cause, StarletteHTTPException):
+            # FastAPI's answer to a body json.loads could not read (other than a JSON syntax error, a 422)
+            return JSONResponse({"detail": f"the body is not readable JSON: {_unreadable(cause)}"}, 400)
+        return await http_exception_handler(request, exc)
+
     @app.exception_handler(UnknownItems)
     async def _unknown_items(request: Request, exc: UnknownItems) -> JSONResponse:
         return JSONResponse({"detail": str(exc), "unknown_items": exc.ids[:100]}, status_code=422)
@@ -163,7 +234,7 @@ def create_app(cfg: Config, recommender: Recommender, *, manage_watcher: bool = 
         try:
             return [e._asdict() for e in recommender.personas(item_id)]
         except UnknownItems:
-            raise HTTPException(404, f"unknown item {item_id!r}: not in the index") from None
+            raise HTTPException(404, f"unknown item {_clip(item_id)!r}: not in the index") from None
 
     @app.get("/health", summary="Liveness")
     def health() -> dict[str, str]:
@@ -191,6 +262,76 @@ def create_app(cfg: Config, recommender: Recommender, *, manage_watcher: bool = 
     app.include_router(explorer(cfg, recommender))
 
     return app
+
+
+def _clip(text: str, n: int = MAX_ECHO) -> str:
+    """``text`` cut to ``n`` characters, any lone surrogate written as its escape: safe to put in a JSON answer."""
+    text = text if len(text) <= n else text[: n - 1] + "…"
+    return text if text.isascii() else text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _echo(value: Any) -> Any:
+    """``value`` as a 422 may echo it: a short JSON-safe scalar or small container as is, a long string cut;
+    anything else (NaN, Infinity, a long list, a huge integer, deep nesting) is left out (None)."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value if abs(value) < 1 << 63 else None
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, str):
+        return _clip(value)
+    if isinstance(value, list | dict) and len(value) <= 8:
+        try:
+            text = json.dumps(value, allow_nan=False, ensure_ascii=False)
+            text.encode("utf-8")
+        except (ValueError, TypeError, RecursionError):  # UnicodeEncodeError is a ValueError
+            return None
+        return value if len(text) <= MAX_ECHO else None
+    return None
+
+
+def _validation_error(errors: Any) -> JSONResponse:
+    """The 422 for pydantic's errors, whatever the input: every string made JSON-safe, inputs echoed only
+    when short and JSON-safe (:func:`_echo`), at most ``MAX_ERRORS`` errors listed."""
+    errors = list(errors)
+    detail = []
+    for e in errors[:MAX_ERRORS]:
+        out: dict[str, Any] = {
+            "type": str(e.get("type", "invalid")),
+            "loc": [x if isinstance(x, int) else _clip(str(x)) for x in e.get("loc", ())],
+            "msg": _clip(str(e.get("msg", "invalid")), 1000),
+        }
+        if out["type"] == "string_unicode":  # pydantic's words for a str it cannot read as Unicode
+            out["msg"] = (
+                "Input should be a valid string: this string (or a key of this object) holds a lone UTF-16 "
+                "surrogate, such as a \\ud800 escape without its pair; send valid Unicode"
+            )
+        if "input" in e and (echo := _echo(e["input"])) is not None:
+            out["input"] = echo
+        ctx = e.get("ctx")
+        if isinstance(ctx, dict) and ctx:
+            out["ctx"] = {_clip(str(k)): v if isinstance(v, int | float) and _echo(v) is not None else _clip(str(v))
+                          for k, v in ctx.items()}  # fmt: skip
+        detail.append(out)
+    body: dict[str, Any] = {"detail": detail}
+    if len(errors) > MAX_ERRORS:
+        body["more_errors"] = len(errors) - MAX_ERRORS
+    try:
+        return JSONResponse(body, 422)
+    except (ValueError, TypeError, RecursionError):  # not expected; a 422 must still go out
+        return JSONResponse({"detail": [{"type": d["type"], "loc": [str(x) for x in d["loc"]]} for d in detail]}, 422)
+
+
+def _unreadable(cause: BaseException) -> str:
+    """Why json.loads could not read a body, in the client's terms."""
+    if isinstance(cause, RecursionError):
+        return "it is nested too deeply"
+    if isinstance(cause, UnicodeDecodeError):
+        return "it is not UTF-8 (or UTF-16/32) text"
+    if isinstance(cause, ValueError) and "digits" in str(cause):
+        return "an integer in it has more than 4300 digits"
+    return _clip(f"{type(cause).__name__}: {cause}")
 
 
 class Metrics:
