@@ -369,7 +369,9 @@ def build(cfg: Config) -> tuple[FastAPI, Recommender]:
 
     client = milvus.connect(cfg)
     watcher = Watcher(
-        lambda: milvus.resolve(client, cfg.index_alias), lambda name: load(client, name), cfg.serve.reload_interval_s
+        lambda: milvus.resolve(client, cfg.index_alias),
+        lambda name: load(client, name, cfg),  # with cfg: the learned reranker registered with its encoder
+        cfg.serve.reload_interval_s,
     )
     recommender = Recommender(cfg, watcher, client)
     return create_app(cfg, recommender), recommender
