@@ -397,9 +397,9 @@ class ObjectiveConfig(_Section):
         ),
     )
     aggregation: Literal["max", "logsumexp"] = Field(
-        "logsumexp",
-        description="How an item's score is made from its personas' cosines while training (item target): a smooth "
-        "max that trains every persona by how close it is (measured best), or the max that serving computes.",
+        "max",
+        description="How an item's score is made from its personas' cosines while training (item target): the max "
+        "that serving computes, or a smooth max (logsumexp) that trains every persona by how close it is.",
     )
     smoothing: float = Field(0.05, gt=0, description="sigma of the logsumexp aggregation.")
     negatives: Literal["batch", "catalogue"] = Field(
