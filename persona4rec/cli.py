@@ -360,9 +360,14 @@ def train(loaded: LoadedConfig, force: bool, quiet: bool) -> None:
 
     \b
     encoder.mode: head (frozen base + residual head, fast on a CPU), lora (the paper), full, or vanilla
-    (registers the untuned base model). train.num_workers workers (train.use_gpu for GPUs), InfoNCE with
-    in-batch negatives, a checkpoint per epoch, early stopping on train.metric; gamma is then tuned on
-    validation. A crashed run resumes from its last checkpoint when run again.
+    (registers the untuned base model). encoder.objective: target item (every training interaction with
+    a history, the item scored as the max over its personas, against the whole catalogue or the batch,
+    optionally with first-stage hard negatives) or persona (the paper's labels). train.num_workers workers
+    (train.use_gpu for GPUs), a checkpoint per epoch, early stopping and gamma on train.metric
+    (list_ndcg@10: the first stage's validation lists reordered, so `p4r candidates` runs first). A
+    crashed run resumes from its last checkpoint when run again.
+    Example:
+      p4r train encoder.objective.negatives=batch encoder.objective.hard_negatives=10
     """
     _train(loaded, force=force, quiet=quiet)
 
@@ -525,12 +530,15 @@ def evaluate(loaded: LoadedConfig, force: bool, quiet: bool) -> None:
     \b
     Rerankers (evaluate.rerankers): first_stage, popularity, persona_vanilla (untuned base encoder),
     persona (the champion or index.encoder_version), persona_fused (fusion weight tuned on validation),
-    summary (one summary vector per item) and llm_listwise (zero-shot listwise LLM, evaluate.listwise.llm
-    or llm.*, on evaluate.listwise.users sampled users, one request at a time, latency recorded).
-    HR/MRR/NDCG at evaluate.ks over every test user, 95% bootstrap intervals, paired randomization tests
-    against first_stage, warm/cold users and head/tail items (top/bottom 20% by reviews). Writes
-    report.md, plots/*.png and eval_metrics under <paths.artifacts>/<dataset>/evaluate/<fingerprint>/
-    and logs them to MLflow.
+    summary (one summary vector per item), learned (LambdaRank over persona and first-stage features,
+    fitted on the validation lists with evaluate.learned cross-validated over users, and logged with the
+    encoder for /rerank), learned_no_persona (the same without persona features) and llm_listwise
+    (zero-shot listwise LLM, evaluate.listwise.llm or llm.*, on evaluate.listwise.users sampled users,
+    one request at a time, latency recorded). HR/MRR/NDCG at evaluate.ks over every test user, 95%
+    bootstrap intervals, paired randomization tests against first_stage, warm/cold users and head/tail
+    items (top/bottom 20% by reviews). Writes report.md, plots/*.png, eval_metrics and eval_ranks (each
+    test user's rank under each reranker) under <paths.artifacts>/<dataset>/evaluate/<fingerprint>/ and
+    logs them to MLflow.
     Example:
       p4r evaluate -c conf/experiments/offline-cpu.yaml evaluate.listwise.users=50
     """
