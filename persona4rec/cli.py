@@ -812,6 +812,39 @@ def personas(loaded: LoadedConfig, items: tuple[str, ...], limit: int, reviews: 
         click.echo()
 
 
+@main.command()
+@click.argument("item_id", metavar="ITEM_ID")
+@config_options
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of Markdown.")
+def prompts(loaded: LoadedConfig, item_id: str, as_json: bool) -> None:
+    """Show what the LLM was sent for an item, and what it answered (an audit of `p4r reason`).
+
+    \b
+    Rebuilds the item's units from the prepared reviews and this configuration (the same -d/-c/KEY=VALUE
+    as `p4r reason`), finds their answers in the result cache (and reason.seed_caches), and prints per
+    unit: the prompt of every attempt (system and user messages, a retry's feedback), the answer or
+    the last rejected one, the reviews kept out of the prompt (reason.defences.screen_reviews) and what
+    the persona screen flags. Prompts come from the prompt store that `p4r reason` writes beside the
+    answer cache (<paths.artifacts>/<dataset>/reason/prompts, content-addressed by sha256). An answer
+    without a stored prompt (from a seed cache, or written before prompts were stored) shows the prompt
+    re-rendered from the current inputs, and says so. Reads only; runs no LLM.
+
+    \b
+    Examples:
+      p4r prompts B0002E1G5C -c conf/experiments/headline-musical-instruments.yaml \\
+          -d amazon2014-musical-instruments data.local_dir=../shared/data/amazon2014_musical_instruments_5core
+      p4r prompts B0002E1G5C --json -c conf/experiments/offline-cpu.yaml > audit.json
+    """
+    from persona4rec.jobs.reason.job import prompts_dir
+    from persona4rec.reasoning.audit import audit_item, render_markdown
+
+    audit = audit_item(loaded.config, item_id)
+    if as_json:
+        click.echo(json.dumps(audit.to_json(), ensure_ascii=False, indent=1))
+    else:
+        click.echo(render_markdown(audit, prompts_dir(loaded.config)), nl=False)
+
+
 # -------------------------------------------------------------------------------------------- data
 
 

@@ -305,6 +305,21 @@ class DedupConfig(_Section):
     threshold: float = Field(0.92, gt=0, le=1, description="Cosine at or above which two personas are merged.")
 
 
+class DefenceConfig(_Section):
+    """Defences against orders planted in review text (indirect prompt injection; reasoning/screen.py)."""
+
+    screen_reviews: bool = Field(
+        True,
+        description="Keep sampled reviews that read as orders to the model (ignore your instructions, fake system "
+        "tags, answer-shaped JSON, persona orders) out of every prompt, with the reason, counted in the manifest.",
+    )
+    screen_personas: bool = Field(
+        True,
+        description="Check every persona and summary, from any engine or cache, for instruction echoes, role tags, "
+        "markup, system-prompt text and names that are no audience: retried, or dropped with the reason.",
+    )
+
+
 class ReasonConfig(_Section):
     """Offline LLM reasoning: summaries and personas per item (and, in paper mode, per-review aspects)."""
 
@@ -325,6 +340,7 @@ class ReasonConfig(_Section):
     )
     personas: PersonaLimits = PersonaLimits()
     dedup: DedupConfig = DedupConfig()
+    defences: DefenceConfig = DefenceConfig()
     actors: ActorPoolConfig = ActorPoolConfig()
 
     @model_validator(mode="after")

@@ -8,7 +8,12 @@ Modes (``reason.mode``):
 
 Every LLM answer is stored in a content-addressed cache (``<artifacts>/<dataset>/reason/cache``) as
 soon as its batch finishes: a rerun skips what is done, a killed run resumes, an item whose reviews,
-prompt or model changed is redone and nothing else. The published version holds only the tables.
+prompt or model changed is redone and nothing else. The published version holds only the tables. Beside
+the cache, ``reason/prompts`` keeps what each answer was asked with (``p4r prompts ITEM`` shows both).
+
+Defences against orders planted in reviews (``reason.defences``, ``reasoning/screen.py``): sampled reviews
+that read as orders to the model are kept out of the prompts (noted ``quarantined:``), and every persona,
+cached or new, that took such orders is dropped (noted ``screened:``); both are counted in the manifest.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ from persona4rec.config import Config, stable_hash
 from persona4rec.errors import Persona4RecError, StageUnavailable
 from persona4rec.jobs.prepare import job as prepare_job
 from persona4rec.jobs.reason.pool import Ledger, LLMWork, pool_factory
-from persona4rec.reasoning.cache import ResultCache
+from persona4rec.reasoning import screen
+from persona4rec.reasoning.cache import PromptStore, ResultCache
 from persona4rec.reasoning.prompts import PromptSet, load_prompts
 from persona4rec.reasoning.units import Unit, aspects_unit, persona_unit, personas_from_aspects_unit, summary_unit
 
@@ -55,6 +61,11 @@ def cache_dir(cfg: Config) -> Path:
     return cfg.artifacts_root / STAGE / "cache"
 
 
+def prompts_dir(cfg: Config) -> Path:
+    """The prompt store beside the answer cache: what each cached answer was asked with."""
+    return cfg.artifacts_root / STAGE / "prompts"
+
+
 def run(
     cfg: Config,
     *,
@@ -79,12 +90,13 @@ def run(
 
     prompts = load_prompts(cfg.reason.prompts)
     seeds = [Path(folder).expanduser() for folder in cfg.reason.seed_caches]
-    ledger = Ledger(ResultCache(cache_dir(cfg), seeds=seeds), retry_failed)
+    ledger = Ledger(ResultCache(cache_dir(cfg), seeds=seeds), retry_failed, PromptStore(prompts_dir(cfg)))
     work = LLMWork(cfg, ledger, pool_factory(cfg, engine, embed), progress)
     timer = Timer()
     try:
         with timer("read"):
             items, samples = _read(upstream, cfg.reason.limit_items)
+            samples, quarantined = screen.screen_samples(samples, enabled=cfg.reason.defences.screen_reviews)
         if not items:
             raise Persona4RecError(
                 f"reason: the prepared corpus {upstream.folder} has no items, so there is nothing to reason on. "
@@ -94,6 +106,7 @@ def run(
             tables, counts = (_efficient if cfg.reason.mode == "efficient" else _paper)(
                 cfg, prompts, items, samples, work
             )
+        counts.update(_defence_counts(tables["item_status"], quarantined))
     finally:
         work.close()
     if not tables["personas"]:
@@ -119,6 +132,8 @@ def run(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     ledger.cache.compact()
+    if ledger.prompts is not None:
+        ledger.prompts.compact()
     return ReasonResult(store.publish(tmp, fp), manifest, skipped=False)
 
 
@@ -164,6 +179,46 @@ def _notes(payload: dict) -> str | None:
     return "; ".join(payload.get("notes", [])) or None
 
 
+def _screened(payload: dict, prompts: PromptSet, cfg: Config) -> tuple[dict, str | None]:
+    """A cached persona answer with the personas that took injected orders dropped (noted), and why the
+    whole answer is unusable (a flagged summary, or no persona left), or None. Answers written with the
+    screen on pass unchanged; this catches those from seed caches, older runs or a run without it."""
+    if not cfg.reason.defences.screen_personas:
+        return payload, None
+    kept, notes, bad_summary = screen.screen_answer(payload["personas"], payload.get("summary"), prompts.system)
+    payload = {**payload, "personas": kept, "notes": [*payload.get("notes", []), *notes]}
+    if bad_summary or not kept:
+        return payload, "injection: " + (bad_summary or "; ".join(n.removeprefix("screened: ") for n in notes))
+    return payload, None
+
+
+def _defence_counts(status: list[dict[str, Any]], quarantined: dict[str, list]) -> dict[str, Any]:
+    """What the defences held back: reviews kept out of prompts and personas dropped, by reason; the notes
+    of each item say which."""
+    by_item = {s["item_id"]: s for s in status}
+    reviews: dict[str, int] = defaultdict(int)
+    for iid, flagged in quarantined.items():
+        if iid not in by_item:
+            continue
+        st = by_item[iid]
+        note = "; ".join(f"quarantined: review {rid} {flag}" for rid, flag in flagged)
+        st["notes"] = f"{st['notes']}; {note}" if st["notes"] else note
+        if st["status"] != "ok" and str(st["reason"]).startswith("no_reviews"):
+            st["reason"] = "no_reviews: every sampled review was quarantined as orders to the model"
+        for _, flag in flagged:
+            reviews[flag.code] += 1
+    personas: dict[str, int] = defaultdict(int)
+    for s in status:
+        for code in screen.screened_codes(s["notes"]):
+            personas[code] += 1
+    return {
+        "reviews_quarantined": sum(reviews.values()),
+        "reviews_quarantined_by_reason": dict(reviews),
+        "personas_screened": sum(personas.values()),
+        "personas_screened_by_reason": dict(personas),
+    }
+
+
 def _persona_rows(item_id: str, key: str, payload: dict, prompts: PromptSet, model: str) -> list[dict[str, Any]]:
     return [
         {
@@ -202,14 +257,14 @@ def _efficient(cfg: Config, prompts: PromptSet, items: list[dict], samples: dict
         row = results[unit.key]
         st = _status(iid, n_reviews=unit.spec["n_reviews"], attempts=row["attempts"], cache_key=unit.key)
         _add_cost(st, row)
-        if row["status"] == "ok":
-            payload = json.loads(row["payload"])
+        payload, unusable = _screened(json.loads(row["payload"]), prompts, cfg) if row["status"] == "ok" else ({}, None)
+        if row["status"] == "ok" and not unusable:
             rows = _persona_rows(iid, unit.key, payload, prompts, row["model"])
             personas += rows
             st.update(n_personas=len(rows), notes=_notes(payload))
             summaries.append({"item_id": iid, "summary": payload["summary"], "source": source})
         else:
-            st.update(status="failed", reason=row["error"])
+            st.update(status="failed", reason=unusable or row["error"], notes=_notes(payload))
             summaries.append({"item_id": iid, "summary": None, "source": source})
         status.append(st)
     tables = {"summaries": summaries, "personas": personas, "item_status": status, "aspects": []}
@@ -221,11 +276,15 @@ def _paper(cfg: Config, prompts: PromptSet, items: list[dict], samples: dict[str
     with_reviews = [i for i in items if samples[i["item_id"]]]
     s_units = {i["item_id"]: summary_unit(i, samples[i["item_id"]], prompts, llm, rc) for i in with_reviews}
     s_rows = work.run("summary", list(s_units.values()))
-    summary_of = {
-        iid: json.loads(s_rows[u.key]["payload"])["summary"]
-        for iid, u in s_units.items()
-        if s_rows[u.key]["status"] == "ok"
-    }
+    summary_of, bad_summaries = {}, {}
+    for iid, u in s_units.items():
+        if s_rows[u.key]["status"] == "ok":
+            text = json.loads(s_rows[u.key]["payload"])["summary"]
+            flag = screen.screen_summary(text, prompts.system) if rc.defences.screen_personas else None
+            if flag:  # a cached summary that took orders (the screen on retries new ones)
+                bad_summaries[iid] = f"injection: summary {flag}"
+            else:
+                summary_of[iid] = text
     a_units: dict[str, list[tuple[dict, Unit]]] = {}
     for iid, text in summary_of.items():
         shown = sorted(samples[iid], key=lambda r: r["sample_rank"])[: rc.reviews_per_item]
@@ -270,7 +329,8 @@ def _paper(cfg: Config, prompts: PromptSet, items: list[dict], samples: dict[str
         if iid not in s_units:
             st.update(status="failed", reason="no_reviews: the item has no sampled review to reason on")
         elif iid not in summary_of:
-            st.update(status="failed", reason="summary failed: " + str(s_rows[s_units[iid].key]["error"]))
+            why = bad_summaries.get(iid) or str(s_rows[s_units[iid].key]["error"])
+            st.update(status="failed", reason="summary failed: " + why)
         elif iid not in p_units:
             st.update(status="failed", reason="no_aspects: every aspect tuple of the item failed or was empty")
         else:
@@ -278,13 +338,14 @@ def _paper(cfg: Config, prompts: PromptSet, items: list[dict], samples: dict[str
             row = p_rows[unit.key]
             _add_cost(st, row)
             st.update(attempts=row["attempts"], cache_key=unit.key)
-            if row["status"] == "ok":
-                payload = json.loads(row["payload"])
+            ok = row["status"] == "ok"
+            payload, unusable = _screened(json.loads(row["payload"]), prompts, cfg) if ok else ({}, None)
+            if ok and not unusable:
                 rows = _persona_rows(iid, unit.key, payload, prompts, row["model"])
                 personas += rows
                 st.update(n_personas=len(rows), notes=_notes(payload))
             else:
-                st.update(status="failed", reason=row["error"])
+                st.update(status="failed", reason=unusable or row["error"], notes=_notes(payload))
         status.append(st)
     tables = {"summaries": summaries, "personas": personas, "item_status": status, "aspects": aspects_table}
     counts = _counts(status, personas)

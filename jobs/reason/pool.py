@@ -20,7 +20,7 @@ from tqdm import tqdm
 from persona4rec.config import Config
 from persona4rec.errors import WorkerLost
 from persona4rec.ray_actors.reasoner import Reasoner
-from persona4rec.reasoning.cache import ResultCache
+from persona4rec.reasoning.cache import PromptStore, ResultCache
 from persona4rec.reasoning.units import Unit
 
 Rows = list[dict[str, Any]]
@@ -113,10 +113,12 @@ def pool_factory(cfg: Config, engine: Any, embed: Any) -> Any:
 
 @dataclass
 class Ledger:
-    """The cache as seen by one run: what is known, what this run added, and what it cost."""
+    """The cache as seen by one run: what is known, what this run added, and what it cost. With a
+    ``prompts`` store, the conversations each answer's attempts sent are kept beside the answers."""
 
     cache: ResultCache
     retry_failed: bool
+    prompts: PromptStore | None = None
     known: dict[str, dict[str, Any]] = field(default_factory=dict)
     spent: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(int)))
 
@@ -134,6 +136,17 @@ class Ledger:
         return out
 
     def record(self, kind: str, rows: list[dict[str, Any]]) -> None:
+        sent = [
+            {
+                "key": r["key"],
+                "subject": r["subject"],
+                "kind": r.pop("kind", kind),
+                "conversations": r.pop("conversations", []),
+            }
+            for r in rows
+        ]
+        if self.prompts is not None:  # before the answers: an answer in the cache has its prompt stored
+            self.prompts.record(sent)
         self.cache.append(rows)
         for row in rows:
             self.known[row["key"]] = row

@@ -38,6 +38,8 @@ REASONS = {
     "persona_count": "fewer or more personas than the item allows",
     "unknown_evidence": "a persona cites a review number that was not shown",
     "unknown_option": "the judge chose a persona number that was not offered",
+    "injection": "the answer took orders planted in a review: a persona or summary echoing instructions, role "
+    "tags, markup or the system prompt, or a name that is no audience (reasoning/screen.py)",
 }
 
 
@@ -81,17 +83,29 @@ def without_early_ends(schema: Any) -> Any:
         return [without_early_ends(s) for s in schema]
     if not isinstance(schema, dict):
         return schema
-    if schema.get("type") == "string" and "maxLength" in schema:
+    if schema.get("type") == "string" and "maxLength" in schema and "pattern" not in schema:  # a name keeps its own
         rest = {k: v for k, v in schema.items() if k not in ("minLength", "maxLength")}
         return {**rest, "pattern": rf'^[^"\\\n]*[^"\\\n{_NO_END}]$'}
     return {k: (v if k == "anyOf" else without_early_ends(v)) for k, v in schema.items()}
 
 
-def persona_schema(*, low: int, high: int, n_reviews: int, name_chars: int, text_chars: int, summary: bool) -> dict:
+def persona_schema(
+    *,
+    low: int,
+    high: int,
+    n_reviews: int,
+    name_chars: int,
+    text_chars: int,
+    summary: bool,
+    name_pattern: str | None = None,
+) -> dict:
+    """The answer's JSON Schema. ``name_pattern`` (a prompt set's, e.g. Title Case words only) constrains
+    names while decoding; without it the schema is exactly what it always was (it is part of cache keys)."""
+    name = _text(name_chars) if name_pattern is None else {**_text(name_chars), "pattern": name_pattern}
     persona = {
         "type": "object",
         "properties": {
-            "name": _text(name_chars),
+            "name": name,
             "description": _text(text_chars),
             "rationale": _text(text_chars),
             "evidence": {

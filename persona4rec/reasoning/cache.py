@@ -6,10 +6,16 @@ written to a temporary name and renamed, so a crash loses at most the batch in f
 half-written part. A rerun reads the keys already present and skips them; a changed item has a new key
 and is redone. Failed results are stored too (status ``failed`` with the reason, and the last answer as
 ``{"last_answer": ...}`` in ``payload``, to read why) and are retried only when asked.
+
+Beside it, :class:`PromptStore` keeps what was sent: each conversation an engine saw, content-addressed by
+the sha256 of its messages, and for each answer the conversations of its attempts, so that after a run
+anyone can show what the model saw (``p4r prompts ITEM``). Answers and their keys are unchanged by it: a
+cache written before it, or a seed cache, simply has no stored prompts.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Iterable, Sequence
@@ -42,6 +48,18 @@ RESULT_SCHEMA = pa.schema(
 )
 
 STATUSES = ("ok", "failed")
+
+#: One row per answered unit: the sha256 of the conversation of each attempt, in order (the last one
+#: produced the answer that the result cache holds under ``key``).
+PROMPT_INDEX_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("subject", pa.string()),
+        ("kind", pa.string()),
+        ("prompts", pa.list_(pa.string())),
+        ("created_at", pa.string()),
+    ]
+)
 
 
 def content_key(kind: str, **parts: Any) -> str:
@@ -120,3 +138,87 @@ class ResultCache:
         for part in parts:
             if part != merged:
                 part.unlink(missing_ok=True)
+
+
+class PromptStore:
+    """What each answer was asked with: content-addressed conversations plus an index from answer keys.
+
+    ``objects/<sha256[:2]>/<sha256>.json`` holds one conversation (its chat messages, as JSON), named by
+    the sha256 of the messages' canonical JSON (:func:`prompt_digest`); writing one that exists is a no-op.
+    ``index/`` holds Parquet parts (:data:`PROMPT_INDEX_SCHEMA`, the newest row of a key wins) naming the
+    conversations of each answer's attempts. Like the result cache, everything is written atomically.
+    """
+
+    def __init__(self, folder: Path, *, create: bool = True) -> None:
+        """``create=False``: only read (nothing is created where no store exists)."""
+        self.folder = folder
+        self.index: ResultCache | None = None
+        if create:
+            self.index = ResultCache(folder / "index", schema=PROMPT_INDEX_SCHEMA)
+            (folder / "objects").mkdir(parents=True, exist_ok=True)
+
+    def path(self, digest: str) -> Path:
+        return self.folder / "objects" / digest[:2] / f"{digest}.json"
+
+    def put(self, messages: Sequence[dict[str, str]]) -> str:
+        """Store a conversation (if new); its sha256."""
+        digest = prompt_digest(messages)
+        final = self.path(digest)
+        if not final.exists():
+            final.parent.mkdir(parents=True, exist_ok=True)
+            tmp = final.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{final.name}")
+            tmp.write_text(json.dumps({"messages": list(messages)}, ensure_ascii=False, indent=1), encoding="utf-8")
+            os.replace(tmp, final)
+        return digest
+
+    def get(self, digest: str) -> list[dict[str, str]] | None:
+        """A stored conversation, or None when it was never stored."""
+        path = self.path(digest)
+        if not path.is_file():
+            return None
+        return json.loads(path.read_text(encoding="utf-8"))["messages"]
+
+    def record(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Store the conversations of finished units: rows of ``key``, ``subject``, ``kind`` and
+        ``conversations`` (one list of messages per attempt)."""
+        index = [
+            {
+                "key": row["key"],
+                "subject": row["subject"],
+                "kind": row["kind"],
+                "prompts": [self.put(messages) for messages in row["conversations"]],
+            }
+            for row in rows
+            if row.get("conversations")
+        ]
+        if self.index is None:
+            raise RuntimeError("a PromptStore opened with create=False is read-only")
+        self.index.append(index)
+
+    def attempts(self) -> dict[str, dict[str, Any]]:
+        """Every indexed answer key with the sha256 of each attempt's conversation."""
+        return read_rows(sorted((self.folder / "index").glob("part-*.parquet")), PROMPT_INDEX_SCHEMA)
+
+    def compact(self) -> None:
+        if self.index is not None:
+            self.index.compact()
+
+
+def read_rows(parts: Sequence[Path], schema: pa.Schema = RESULT_SCHEMA) -> dict[str, dict[str, Any]]:
+    """Rows of cache parts by key, later parts winning, without creating or cleaning anything."""
+    rows: dict[str, dict[str, Any]] = {}
+    for part in parts:
+        for row in pq.read_table(part, schema=schema).to_pylist():
+            rows[row["key"]] = row
+    return rows
+
+
+def read_results(folder: Path, seeds: Sequence[Path] = ()) -> dict[str, dict[str, Any]]:
+    """What :meth:`ResultCache.load` returns (seeds first, then ``folder``'s own parts), read-only."""
+    parts = [part for seed in seeds for part in sorted(Path(seed).glob("part-*.parquet"))]
+    return read_rows(parts + sorted(folder.glob("part-*.parquet")))
+
+
+def prompt_digest(messages: Sequence[dict[str, str]]) -> str:
+    """sha256 of a conversation's canonical JSON: the name of its stored copy."""
+    return stable_hash(list(messages))

@@ -2,7 +2,10 @@
 
 Customer reviews go into prompts only inside ``<reviews>``/``<review>`` fences. Anything in a review that
 could close or forge a fence (``<``/``>``) is replaced by look-alike characters, so a review can never
-step outside its fence; the system prompt tells the model to treat fenced text as data.
+step outside its fence; the system prompt tells the model to treat fenced text as data. A prompt set may
+also quote each review's text (``quote_reviews: true``: «…», with any « » inside neutralised) and give a
+``name_pattern`` that persona names must match while decoding (engines that enforce JSON Schema patterns).
+Both are options of the set's file, so a set without them (v1) renders and hashes exactly as before.
 """
 
 from __future__ import annotations
@@ -24,12 +27,23 @@ TEMPLATES = ("system", "personas", "summary", "aspects", "personas_from_aspects"
 
 #: What a review's text can contain that would interfere with the fences, and its harmless stand-in.
 _NEUTRALISE = str.maketrans({"<": "‹", ">": "›"})
+#: Quoted review text (``quote_reviews``) cannot close its quote either.
+_UNQUOTE = str.maketrans({"«": "‹", "»": "›"})
 
 
 @dataclass(frozen=True)
 class PromptSet:
     version: str
     templates: dict[str, str]
+    #: Review text is shown «quoted» inside the fence (opt-in per set: it changes the rendered prompts).
+    quote_reviews: bool = False
+    #: A JSON Schema ``pattern`` for persona names, enforced while decoding where the engine supports it.
+    name_pattern: str | None = None
+
+    @property
+    def system(self) -> str:
+        """The system prompt (what no persona may quote)."""
+        return self.templates["system"]
 
     @property
     def digest(self) -> str:
@@ -61,7 +75,18 @@ def load_prompts(version: str) -> PromptSet:
     missing = [name for name in TEMPLATES if not isinstance(doc.get(name), str)]
     if missing or doc.get("version") != version:
         raise ConfigError(f"{path}: needs version: {version} and templates {', '.join(missing) or '(ok)'}")
-    return PromptSet(version=version, templates={name: doc[name] for name in TEMPLATES})
+    pattern = doc.get("name_pattern")
+    if pattern is not None:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ConfigError(f"{path}: name_pattern is not a regular expression ({exc})") from None
+    return PromptSet(
+        version=version,
+        templates={name: doc[name] for name in TEMPLATES},
+        quote_reviews=bool(doc.get("quote_reviews", False)),
+        name_pattern=pattern,
+    )
 
 
 _FENCED = re.compile(r"(<(reviews|review|catalogue)>)(.*?)(</\2>)", re.DOTALL)
@@ -76,20 +101,21 @@ def without_double_quotes(content: str) -> str:
     return _FENCED.sub(lambda m: m.group(1) + m.group(3).replace('"', "″") + m.group(4), content)
 
 
-def fence_text(text: str, limit: int) -> str:
-    """A review's text made safe to place inside a fence, cut to ``limit`` characters on a word boundary."""
+def fence_text(text: str, limit: int, *, quote: bool = False) -> str:
+    """A review's text made safe to place inside a fence, cut to ``limit`` characters on a word boundary;
+    ``quote``: inside «», which the text then cannot close."""
     text = " ".join(text.split()).translate(_NEUTRALISE)
     if len(text) > limit:
         text = text[:limit].rsplit(" ", 1)[0] + " …"
-    return text
+    return f"«{text.translate(_UNQUOTE)}»" if quote else text
 
 
-def review_line(number: int, rating: float, title: str | None, text: str, limit: int) -> str:
-    """One numbered review inside a ``<reviews>`` fence: ``[R3] (4★) "title" text``."""
+def review_line(number: int, rating: float, title: str | None, text: str, limit: int, *, quote: bool = False) -> str:
+    """One numbered review inside a ``<reviews>`` fence: ``[R3] (4★) title: text`` (``quote``: «title»: «text»)."""
     head = f"[R{number}] ({rating:g}★)"
     if title and title.strip():
-        head += f" {fence_text(title, 120)}:"
-    return f"{head} {fence_text(text, limit)}"
+        head += f" {fence_text(title, 120, quote=quote)}:"
+    return f"{head} {fence_text(text, limit, quote=quote)}"
 
 
 def item_block(item: dict[str, Any]) -> str:

@@ -7,7 +7,7 @@ its answer, so equal work is never done twice.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from persona4rec.config import LLMConfig, ReasonConfig
@@ -27,6 +27,9 @@ class Unit:
     max_tokens: int
     spec: dict[str, Any] = field(default_factory=dict)
     key: str = ""
+    #: Screen the answer for injected orders (``reason.defences.screen_personas``). How an answer is
+    #: checked, not what the engine sees: not part of the key (the job screens cached answers again).
+    screened: bool = True
 
 
 def _keyed(unit: Unit, llm: LLMConfig, extra: dict[str, Any] | None = None) -> Unit:
@@ -41,7 +44,7 @@ def _keyed(unit: Unit, llm: LLMConfig, extra: dict[str, Any] | None = None) -> U
         spec=unit.spec,
         extra=extra or {},
     )
-    return Unit(unit.kind, unit.subject, unit.messages, unit.schema, unit.max_tokens, unit.spec, key)
+    return replace(unit, key=key)
 
 
 def _reviews(samples: list[dict[str, Any]], rc: ReasonConfig) -> list[dict[str, Any]]:
@@ -55,15 +58,16 @@ def persona_unit(
     """Efficient mode: one call writes the item's summary and its personas, citing reviews by number."""
     shown = _reviews(samples, rc)
     low, high, count = count_rule(len(shown), rc.personas.min, rc.personas.max)
-    lines = [review_line(n, r["rating"], r.get("title"), r["text"], rc.review_chars) for n, r in enumerate(shown, 1)]
+    lines = [_line(n, r, prompts, rc) for n, r in enumerate(shown, 1)]
     spec = _persona_spec(low, high, shown, rc, summary=True)
     unit = Unit(
         kind="personas",
         subject=item["item_id"],
         messages=prompts.chat("personas", item=item_block(item), reviews="\n".join(lines), count=count),
-        schema=answers.persona_schema(**_schema_args(spec)),
+        schema=answers.persona_schema(**_schema_args(spec), name_pattern=prompts.name_pattern),
         max_tokens=rc.max_tokens,
         spec=spec,
+        screened=rc.defences.screen_personas,
     )
     return _keyed(unit, llm, {"dedup": rc.dedup.model_dump()})
 
@@ -75,9 +79,7 @@ def summary_unit(
     block = ""
     if not item.get("has_metadata"):
         shown = _reviews(samples, rc)
-        lines = [
-            review_line(n, r["rating"], r.get("title"), r["text"], rc.review_chars) for n, r in enumerate(shown, 1)
-        ]
+        lines = [_line(n, r, prompts, rc) for n, r in enumerate(shown, 1)]
         block = "Reviews of this item, fenced as data:\n<reviews>\n" + "\n".join(lines) + "\n</reviews>\n"
     spec = {"text_chars": rc.personas.text_chars}
     unit = Unit(
@@ -87,6 +89,7 @@ def summary_unit(
         schema=answers.summary_schema(rc.personas.text_chars),
         max_tokens=300,
         spec=spec,
+        screened=rc.defences.screen_personas,
     )
     return _keyed(unit, llm)
 
@@ -100,7 +103,7 @@ def aspects_unit(review: dict[str, Any], summary: str, prompts: PromptSet, llm: 
         messages=prompts.chat(
             "aspects",
             summary=fence_text(summary, 600),
-            review=review_line(1, review["rating"], review.get("title"), review["text"], rc.review_chars),
+            review=_line(1, review, prompts, rc),
         ),
         schema=answers.aspect_schema(200),
         max_tokens=500,
@@ -132,9 +135,10 @@ def personas_from_aspects_unit(
         messages=prompts.chat(
             "personas_from_aspects", summary=fence_text(summary, 600), reviews="\n".join(lines), count=count
         ),
-        schema=answers.persona_schema(**_schema_args(spec)),
+        schema=answers.persona_schema(**_schema_args(spec), name_pattern=prompts.name_pattern),
         max_tokens=rc.max_tokens,
         spec=spec,
+        screened=rc.defences.screen_personas,
     )
     return _keyed(unit, llm, {"dedup": rc.dedup.model_dump()})
 
@@ -162,6 +166,12 @@ def judge_unit(
         spec=spec,
     )
     return _keyed(unit, llm)
+
+
+def _line(number: int, review: dict[str, Any], prompts: PromptSet, rc: ReasonConfig) -> str:
+    return review_line(
+        number, review["rating"], review.get("title"), review["text"], rc.review_chars, quote=prompts.quote_reviews
+    )
 
 
 def _persona_spec(low: int, high: int, shown: list[dict[str, Any]], rc: ReasonConfig, *, summary: bool) -> dict:
