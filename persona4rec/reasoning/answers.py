@@ -38,6 +38,8 @@ REASONS = {
     "persona_count": "fewer or more personas than the item allows",
     "unknown_evidence": "a persona cites a review number that was not shown",
     "unknown_option": "the judge chose a persona number that was not offered",
+    "not_distinct": "the personas are not distinct audiences: near-duplicates, a rationale restating its description "
+    "or a sibling's, siblings citing mostly the same reviews (prompt sets with distinct_personas; reasoning/quality.py)",
     "injection": "the answer took orders planted in a review: a persona or summary echoing instructions, role "
     "tags, markup or the system prompt, or a name that is no audience (reasoning/screen.py)",
 }
@@ -166,11 +168,17 @@ _DANGLING_WORDS = frozenset(
         *("into", "onto", "about", "as", "than", "that", "which", "who", "whose", "is", "are", "was", "were"),
         *("be", "been", "being", "has", "have", "had", "its", "their", "his", "her", "our", "your", "my", "this"),
         *("these", "those", "because", "like", "also", "very", "so", "such", "if", "when", "while"),
+        # issue #29: a rationale ended "...what" and passed. Words that introduce a clause or a noun and so
+        # cannot close a sentence; words that can ("it", "them", "more", "do", "can") stay out.
+        *("what", "how", "why", "whom", "whether", "whereas", "although", "though", "unless", "until"),
+        *("between", "within", "upon", "among", "amongst", "against", "toward", "towards", "via", "per"),
+        *("despite", "during", "including", "especially", "particularly", "namely", "both", "each", "every"),
+        *("either", "neither", "they", "we", "he", "she", "i", "you", "our", "not", "can't", "don't", "even"),
     }
 )
 
 
-def _unfinished(text: str, prose: bool) -> bool:
+def unfinished(text: str, prose: bool) -> bool:
     """Text that stops where nothing can stop: on punctuation that leads on or, in prose, on a word such
     as "the". Prose may lack its final full stop (small models drop it); that alone is not a cut. A
     phrase may end on a preposition ("easy to put on"), so only punctuation judges a phrase."""
@@ -190,7 +198,7 @@ def _field(obj: dict, key: str, cap: int, where: str, *, prose: bool = True) -> 
     if not isinstance(value, str) or not value.strip():
         raise AnswerError("schema", f"{where}.{key} is missing or empty")
     capped = len(value) >= cap
-    if capped or value != value.rstrip() or _unfinished(value, prose):
+    if capped or value != value.rstrip() or unfinished(value, prose):
         whole = _complete_sentences(value[:cap]) if prose else ""
         if not whole:
             why = f"reached its {cap}-character cap" if capped else f"ends mid-phrase: {value[-30:]!r}"

@@ -4,8 +4,9 @@ Customer reviews go into prompts only inside ``<reviews>``/``<review>`` fences. 
 could close or forge a fence (``<``/``>``) is replaced by look-alike characters, so a review can never
 step outside its fence; the system prompt tells the model to treat fenced text as data. A prompt set may
 also quote each review's text (``quote_reviews: true``: «…», with any « » inside neutralised) and give a
-``name_pattern`` that persona names must match while decoding (engines that enforce JSON Schema patterns).
-Both are options of the set's file, so a set without them (v1) renders and hashes exactly as before.
+``name_pattern`` that persona names must match while decoding (engines that enforce JSON Schema patterns),
+and ask for ``distinct_personas`` (each persona answer checked as a set, ``reasoning/quality.py``).
+These are options of the set's file, so a set without them (v1) renders and hashes exactly as before.
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ class PromptSet:
     quote_reviews: bool = False
     #: A JSON Schema ``pattern`` for persona names, enforced while decoding where the engine supports it.
     name_pattern: str | None = None
+    #: Check each persona answer as a set too (near-duplicates, restated rationales, shared evidence;
+    #: ``reasoning/quality.py``) and retry once with the reason. How answers are checked, not what the
+    #: engine sees: not part of the digest.
+    distinct_personas: bool = False
 
     @property
     def system(self) -> str:
@@ -86,6 +91,7 @@ def load_prompts(version: str) -> PromptSet:
         templates={name: doc[name] for name in TEMPLATES},
         quote_reviews=bool(doc.get("quote_reviews", False)),
         name_pattern=pattern,
+        distinct_personas=bool(doc.get("distinct_personas", False)),
     )
 
 

@@ -10,6 +10,11 @@ Every persona and summary is screened for signs that the model took orders plant
 (``reasoning/screen.py``): a flagged persona is dropped with its reason while enough sound ones remain,
 otherwise (and for a flagged summary) the answer is rejected as ``injection`` and retried like any other.
 Each row carries the conversations its attempts sent (``conversations``), for the prompt store.
+
+A unit of a prompt set with ``distinct_personas`` also has its sound answer checked as a set
+(``quality.set_defects``: near-duplicate personas, a rationale restating its description or a sibling's,
+siblings citing mostly the same reviews). Such an answer is retried once, within ``max_attempts``, with the
+defects fed back; then the answer with fewer defects is kept, noted ``not distinct:`` when it has any.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from persona4rec.reasoning import answers, screen
+from persona4rec.reasoning import answers, quality, screen
 from persona4rec.reasoning.answers import AnswerError, PersonaAnswer
 from persona4rec.reasoning.dedup import EmbedFn, dedup_many
 from persona4rec.reasoning.prompts import without_double_quotes
@@ -151,6 +156,8 @@ class _Open:
     last_text: str = ""
     error: AnswerError | None = None
     partial: Any = None  # the fullest answer that fell short
+    held: Any = None  # a sound answer whose personas were not distinct, and its defects (distinct units)
+    held_defects: list[str] = field(default_factory=list)
 
 
 class Solver:
@@ -221,12 +228,32 @@ class Solver:
             o.seconds += share
             self._record(o, comp)
             try:
-                finished[o.unit.key] = check(o.unit, comp)
+                finished[o.unit.key] = self._distinct(o, check(o.unit, comp))
             except AnswerError as exc:
                 self._reject(o, comp, exc)
                 if o.stats["attempts"] >= o.max_attempts:
                     finished[o.unit.key] = self._fallback(o)
         return self._rows([self._open.pop(k) for k in finished], finished)
+
+    def _distinct(self, o: _Open, value: Any) -> Any:
+        """A sound persona answer of a ``distinct`` unit checked as a set: the first one with defects is
+        held and retried (raises ``not_distinct``) while attempts remain; after that, of the held and the
+        new answer, the one with fewer defects is kept, noted."""
+        unit = o.unit
+        if not unit.distinct or self.embed is None or unit.kind not in PERSONA_KINDS:
+            return value
+        defects = quality.answer_defects(value.personas, self.embed, n_reviews=unit.spec["n_reviews"])
+        if o.held is None:
+            if not defects:
+                return value
+            if o.stats["attempts"] < o.max_attempts:
+                o.held, o.held_defects = value, defects
+                raise AnswerError("not_distinct", "; ".join(defects))
+        elif len(o.held_defects) < len(defects):
+            value, defects = o.held, o.held_defects
+        if defects:
+            value.notes.append(f"not distinct: {'; '.join(defects)}")
+        return value
 
     @staticmethod
     def _record(o: _Open, comp: Any) -> None:
@@ -251,7 +278,12 @@ class Solver:
 
     @staticmethod
     def _fallback(o: _Open) -> Any:
-        """Out of attempts: the fullest short answer, noted as such, or FAILED."""
+        """Out of attempts: a held answer that was sound but not distinct (noted), else the fullest short
+        answer, noted as such, or FAILED."""
+        if o.held is not None:
+            o.held.notes.append(f"not distinct: {'; '.join(o.held_defects)}")
+            o.error = None
+            return o.held
         if o.partial is None:
             return FAILED
         kept = o.partial

@@ -30,6 +30,9 @@ class Unit:
     #: Screen the answer for injected orders (``reason.defences.screen_personas``). How an answer is
     #: checked, not what the engine sees: not part of the key (the job screens cached answers again).
     screened: bool = True
+    #: Check a persona answer as a set (``reasoning/quality.set_defects``) and retry it once with the
+    #: reason (a prompt set's ``distinct_personas``). How an answer is checked: not part of the key.
+    distinct: bool = False
 
 
 def _keyed(unit: Unit, llm: LLMConfig, extra: dict[str, Any] | None = None) -> Unit:
@@ -68,6 +71,7 @@ def persona_unit(
         max_tokens=rc.max_tokens,
         spec=spec,
         screened=rc.defences.screen_personas,
+        distinct=prompts.distinct_personas,
     )
     return _keyed(unit, llm, {"dedup": rc.dedup.model_dump()})
 
@@ -139,6 +143,7 @@ def personas_from_aspects_unit(
         max_tokens=rc.max_tokens,
         spec=spec,
         screened=rc.defences.screen_personas,
+        distinct=prompts.distinct_personas,
     )
     return _keyed(unit, llm, {"dedup": rc.dedup.model_dump()})
 
