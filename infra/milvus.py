@@ -137,8 +137,12 @@ def server_version(client: Any) -> str:
 
 
 def grouping_in(version: str) -> bool:
-    """Whether a server of this version groups search results by a field (Milvus >= 2.4, and Milvus Lite)."""
-    if "lite" in version.lower():
+    """Whether a server of this version groups search results by a field (Milvus >= 2.4, and Milvus Lite).
+
+    Milvus Lite (the ``milvus-lite`` package) says ``milvus_lite-3.2.2``; the embedded Milvus 2.3 server of the
+    ``milvus`` package says ``v2.3.5-lite`` and does not group, so only the former counts as Lite.
+    """
+    if version.lower().startswith("milvus_lite"):
         return True
     m = re.search(r"(\d+)\.(\d+)", version)
     return m is None or (int(m[1]), int(m[2])) >= GROUPING_SINCE  # unknown: try it (answers are checked)

@@ -20,6 +20,9 @@ import pytest
 
 from persona4rec.config import Config, SparkConfig, load_config
 
+# Session fixtures of real clusters on loopback (Spark standalone, multi-node Ray, Milvus server): tests/clusters.py
+pytest_plugins = ["tests.clusters"]
+
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 SHARED_DATA = REPO.parent / "shared" / "data"
