@@ -242,13 +242,27 @@ def test_a_rationale_restating_its_description_is_a_defect():
     assert ["restates its description" in d for d in _defects(personas)] == [True]
 
 
-def test_sharing_reviews_is_no_defect_when_there_is_nothing_else_to_cite():
+def test_siblings_citing_mostly_the_same_reviews_is_a_defect():
     personas = _set(
-        ("Gigging Bassist", "Plays loud bar shows.", "The jack stays seated.", [1, 2]),
-        ("Home Recorder", "Tracks demos at home.", "No hum reaches the interface.", [1, 2]),
+        ("Gigging Bassist", "Plays loud bar shows.", "The jack stays seated.", [1, 2, 3]),
+        ("Home Recorder", "Tracks demos at home.", "No hum reaches the interface.", [1, 2, 3, 4]),
     )
-    assert _defects(personas, n_reviews=2) == []
-    assert any("same reviews" in d for d in _defects(personas, n_reviews=3))
+    assert [d for d in _defects(personas) if "same reviews" in d]
+    personas[1].evidence = [3, 4]
+    assert _defects(personas) == []
+
+
+def test_two_descriptions_alike_but_for_the_noun_are_one_customer_even_when_the_set_is_not():
+    body = "who loves high end cables with gold plated plugs and a lifetime warranty that replaces broken cables for free"
+    personas = _set(
+        ("Guitar Enthusiast", f"A guitar enthusiast {body}.", "Solder joints survive stage falls.", [1]),
+        ("Music Store Owner", f"A music store owner {body}.", "Returns cost the shop nothing.", [2]),
+        ("Podcast Host", "Records weekly shows at a desk.", "The braid keeps hum out of recordings.", [3]),
+        ("Drum Teacher", "Teaches children in a garage studio.", "The ends take rough handling daily.", [4]),
+    )
+    found = _defects(personas)
+    assert [d for d in found if "same description but for the name" in d]
+    assert not [d for d in found if "one kind of customer" in d]
 
 
 # ------------------------------------------------------------------------------------------ the retry
@@ -293,6 +307,14 @@ def test_prompt_v3_asks_for_the_set_check_and_v1_does_not():
     assert load_prompts("v3").distinct_personas and not load_prompts("v1").distinct_personas
     assert _unit("v3").distinct and not _unit("v1").distinct
     assert _unit("v3").key != _unit("v1").key
+
+
+def test_prompt_v3_asks_for_each_personas_evidence_before_its_text():
+    v1, v3 = _unit("v1"), _unit("v3")
+    fields = lambda u: list(u.schema["properties"]["personas"]["items"]["properties"])  # noqa: E731
+    assert fields(v3) == ["evidence", "name", "description", "rationale"]
+    assert fields(v1) == ["name", "description", "rationale", "evidence"]  # v1's schema (and keys) unchanged
+    assert answers.without_early_ends(v3.schema)["properties"]["personas"]["items"]["required"][0] == "evidence"
 
 
 def test_alike_personas_are_retried_once_with_the_reason_then_the_distinct_answer_is_kept():

@@ -100,9 +100,12 @@ def persona_schema(
     text_chars: int,
     summary: bool,
     name_pattern: str | None = None,
+    evidence_first: bool = False,
 ) -> dict:
     """The answer's JSON Schema. ``name_pattern`` (a prompt set's, e.g. Title Case words only) constrains
-    names while decoding; without it the schema is exactly what it always was (it is part of cache keys)."""
+    names while decoding; ``evidence_first`` puts each persona's evidence before its name and texts (a
+    decoder writes properties in schema order, so the text is written once the reviews are chosen).
+    Without either the schema is exactly what it always was (it is part of cache keys)."""
     name = _text(name_chars) if name_pattern is None else {**_text(name_chars), "pattern": name_pattern}
     persona = {
         "type": "object",
@@ -120,6 +123,9 @@ def persona_schema(
         "required": ["name", "description", "rationale", "evidence"],
         "additionalProperties": False,
     }
+    if evidence_first:
+        order = ["evidence", "name", "description", "rationale"]
+        persona = {**persona, "properties": {k: persona["properties"][k] for k in order}, "required": order}
     props: dict[str, Any] = {"personas": {"type": "array", "items": persona, "minItems": low, "maxItems": high}}
     if summary:
         props = {"summary": _text(text_chars), **props}

@@ -44,6 +44,9 @@ class PromptSet:
     #: ``reasoning/quality.py``) and retry once with the reason. How answers are checked, not what the
     #: engine sees: not part of the digest.
     distinct_personas: bool = False
+    #: Persona schemas ask for each persona's evidence before its name and text (decoding follows the
+    #: schema's property order): part of the schema, so of every key, and only for sets that ask for it.
+    evidence_first: bool = False
 
     @property
     def system(self) -> str:
@@ -92,6 +95,7 @@ def load_prompts(version: str) -> PromptSet:
         quote_reviews=bool(doc.get("quote_reviews", False)),
         name_pattern=pattern,
         distinct_personas=bool(doc.get("distinct_personas", False)),
+        evidence_first=bool(doc.get("evidence_first", False)),
     )
 
 

@@ -33,6 +33,10 @@ EmbedFn = Callable[[list[str]], np.ndarray]
 NEAR_IDENTICAL = 0.90
 #: Mean pairwise cosine (name + description) at or above which an item's personas are one audience renamed.
 NEAR_DUPLICATE_SET = 0.85
+#: Cosine of two siblings' descriptions at or above which they are one customer with the noun swapped
+#: (the names differ, so name + description alone misses it: 0.6-0.8 for "A guitar / bass / music teacher
+#: who loves high-end cables. They value the lifetime warranty ..." under all-MiniLM-L6-v2).
+NEAR_DUPLICATE_PAIR = 0.85
 #: Evidence Jaccard at or above which two siblings "mostly share" their reviews.
 SHARED_EVIDENCE = 0.75
 
@@ -98,10 +102,11 @@ def set_defects(
     model (empty: none). ``*_vecs`` hold one L2-normalised row per persona, embedded from
     :func:`key_text`, :func:`rationale_core` of the rationale, and the description.
 
-    - the set is one audience renamed: mean pairwise cosine of :func:`key_text` >= NEAR_DUPLICATE_SET;
+    - the set is one audience renamed: mean pairwise cosine of :func:`key_text` >= NEAR_DUPLICATE_SET,
+      or two descriptions alike (cosine >= NEAR_DUPLICATE_PAIR);
     - a rationale restates its description, or a sibling's rationale: cosine >= NEAR_IDENTICAL;
-    - two siblings cite mostly the same reviews (Jaccard >= SHARED_EVIDENCE), when the item showed more
-      reviews than either cites (with two reviews and two personas, sharing may be all there is).
+    - two siblings cite mostly the same reviews (Jaccard >= SHARED_EVIDENCE), when there are at least as
+      many reviews as personas (always, under ``prompts.count_rule``).
     """
     n = len(personas)
     out: list[str] = []
@@ -115,6 +120,11 @@ def set_defects(
                 f"the personas are one kind of customer under different names (mean similarity {mean:.2f}); "
                 "write audiences that differ in what they need from the item"
             )
+    dd = description_vecs @ description_vecs.T
+    for i, j in pairs:
+        if float(dd[i, j]) >= NEAR_DUPLICATE_PAIR:
+            out.append(f"{names[i]!r} and {names[j]!r} have the same description but for the name; merge them "
+                       "into one persona or describe customers who need different things")  # fmt: skip
     for i in range(n):
         if float(rationale_vecs[i] @ description_vecs[i]) >= NEAR_IDENTICAL:
             out.append(f"the rationale of {names[i]!r} restates its description; say why this audience values the item")
@@ -124,7 +134,7 @@ def set_defects(
             out.append(f"{names[i]!r} and {names[j]!r} have the same rationale; give each its own reason")
     for i, j in pairs:
         ei, ej = _get(personas[i], "evidence"), _get(personas[j], "evidence")
-        if n_reviews > max(len(set(ei)), len(set(ej))) and jaccard(ei, ej) >= SHARED_EVIDENCE:
+        if n_reviews >= n and jaccard(ei, ej) >= SHARED_EVIDENCE:
             out.append(f"{names[i]!r} and {names[j]!r} cite mostly the same reviews; give each the reviews it rests on")
     return out
 
@@ -162,8 +172,10 @@ class PersonaQuality:
     diversity_mean: float
     diversity_max: float
     diversity_text: str
-    #: items whose personas are one audience renamed (mean key-text cosine >= NEAR_DUPLICATE_SET)
+    #: items whose personas are one audience renamed (mean key-text cosine >= NEAR_DUPLICATE_SET, or two
+    #: descriptions >= NEAR_DUPLICATE_PAIR); sibling pairs whose descriptions are that alike
     near_duplicate_items: float
+    near_duplicate_pairs: float
     #: rationale near-identical (cosine >= NEAR_IDENTICAL, openers stripped) to its own description; to a
     #: sibling's rationale; to either
     rationale_is_description: float
@@ -227,6 +239,7 @@ class PersonaQuality:
             f"| mean pairwise cosine of an item's personas | {num(self.diversity_mean)} | {mark('diversity_mean')} |",
             f"| max pairwise cosine of an item's personas (mean over items) | {num(self.diversity_max)} | |",
             f"| items whose personas are one audience renamed | {pct(self.near_duplicate_items)} | |",
+            f"| sibling pairs with alike descriptions | {pct(self.near_duplicate_pairs)} | |",
             f"| rationale ≈ its description | {pct(self.rationale_is_description)} "
             f"| {mark('rationale_differs_from_description')} |",
             f"| rationale ≈ a sibling's rationale | {pct(self.rationale_is_sibling)} | |",
@@ -241,7 +254,8 @@ class PersonaQuality:
             f"Diversity is measured on {self.diversity_text}. Near-identical: cosine ≥ "
             f"{self.thresholds.get('near_identical', NEAR_IDENTICAL):g} (rationales without their fixed opener); "
             f"one audience renamed: mean name+description cosine ≥ "
-            f"{self.thresholds.get('near_duplicate_set', NEAR_DUPLICATE_SET):g}; mostly the same reviews: "
+            f"{self.thresholds.get('near_duplicate_set', NEAR_DUPLICATE_SET):g} or two descriptions ≥ "
+            f"{self.thresholds.get('near_duplicate_pair', NEAR_DUPLICATE_PAIR):g}; mostly the same reviews: "
             f"Jaccard ≥ {self.thresholds.get('shared_evidence', SHARED_EVIDENCE):g}.",
         ]
         shown = [(k, v) for k, v in self.examples.items() if v]
@@ -339,6 +353,7 @@ def measure(
         return PersonaQuality(
             items=0, personas=0, personas_per_item=nan, valid_evidence=nan, coverage=nan, coverage_min=nan,
             diversity_mean=nan, diversity_max=nan, diversity_text="(no personas)", near_duplicate_items=nan,
+            near_duplicate_pairs=nan,
             rationale_is_description=nan, rationale_is_sibling=nan, rationale_restated=nan,
             rationale_differs_from_description=nan, evidence_overlap=nan, evidence_shared_pairs=nan,
             empty_fields=0, cut_fields=0, grounded_cited=nan, grounded_other=nan, grounded_margin=nan,
@@ -368,7 +383,7 @@ def measure(
         item_rows[r["item_id"]].append(k)
     total = rv.sum(axis=0)
 
-    div_means, div_maxes, dup_items = [], [], []
+    div_means, div_maxes, dup_items, dup_pairs = [], [], [], []
     is_desc = np.zeros(n, dtype=bool)
     is_sib = np.zeros(n, dtype=bool)
     g_cited, g_other = [], []
@@ -385,7 +400,10 @@ def measure(
             div_means.append(float(np.mean(vals)))
             div_maxes.append(max(vals))
             kk = key_v[sl] @ key_v[sl].T
-            dup = float(np.mean([kk[a, b] for a, b in pairs])) >= NEAR_DUPLICATE_SET
+            dd = desc_v[sl] @ desc_v[sl].T
+            alike = [float(dd[a, b]) >= NEAR_DUPLICATE_PAIR for a, b in pairs]
+            dup_pairs += alike
+            dup = float(np.mean([kk[a, b] for a, b in pairs])) >= NEAR_DUPLICATE_SET or any(alike)
             dup_items.append(dup)
             if dup:
                 note("one audience renamed", f"{item}: " + " / ".join(p["name"] for p in rows))
@@ -424,6 +442,7 @@ def measure(
         diversity_max=mean(div_maxes),
         diversity_text=div_label,
         near_duplicate_items=mean(dup_items),
+        near_duplicate_pairs=mean(dup_pairs),
         rationale_is_description=float(is_desc.mean()),
         rationale_is_sibling=float(is_sib.mean()),
         rationale_restated=float((is_desc | is_sib).mean()),
@@ -442,7 +461,12 @@ def measure(
 
 
 def _thresholds() -> dict[str, float]:
-    return {"near_identical": NEAR_IDENTICAL, "near_duplicate_set": NEAR_DUPLICATE_SET, "shared_evidence": SHARED_EVIDENCE}
+    return {
+        "near_identical": NEAR_IDENTICAL,
+        "near_duplicate_set": NEAR_DUPLICATE_SET,
+        "near_duplicate_pair": NEAR_DUPLICATE_PAIR,
+        "shared_evidence": SHARED_EVIDENCE,
+    }
 
 
 def _clip(text: str, limit: int = 90) -> str:

@@ -67,7 +67,9 @@ def persona_unit(
         kind="personas",
         subject=item["item_id"],
         messages=prompts.chat("personas", item=item_block(item), reviews="\n".join(lines), count=count),
-        schema=answers.persona_schema(**_schema_args(spec), name_pattern=prompts.name_pattern),
+        schema=answers.persona_schema(
+            **_schema_args(spec), name_pattern=prompts.name_pattern, evidence_first=prompts.evidence_first
+        ),
         max_tokens=rc.max_tokens,
         spec=spec,
         screened=rc.defences.screen_personas,
@@ -139,7 +141,9 @@ def personas_from_aspects_unit(
         messages=prompts.chat(
             "personas_from_aspects", summary=fence_text(summary, 600), reviews="\n".join(lines), count=count
         ),
-        schema=answers.persona_schema(**_schema_args(spec), name_pattern=prompts.name_pattern),
+        schema=answers.persona_schema(
+            **_schema_args(spec), name_pattern=prompts.name_pattern, evidence_first=prompts.evidence_first
+        ),
         max_tokens=rc.max_tokens,
         spec=spec,
         screened=rc.defences.screen_personas,
