@@ -714,3 +714,21 @@ def test_kubernetes_schemas_reject_broken_manifests(path: Path, mutate: Callable
     mutate(doc)
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def test_manifests_start_ray_the_way_the_cluster_tests_do():
+    """tests/clusters.py runs `reason` and `embed` on a Ray head with no CPUs and worker nodes that join it by
+    address (issue #28): the Compose file and both RayJobs start their clusters with the same settings."""
+    from tests.clusters import RAY_HEAD_FLAGS, RAY_WORKER_FLAGS
+
+    services = compose()["services"]
+    head, worker = flags(services["ray-head"]["command"]), flags(services["ray-worker"]["command"])
+    for flag in RAY_HEAD_FLAGS:
+        name, _, value = flag[2:].partition("=")
+        assert name in head and head[name] == value, f"ray-head lacks {flag}"
+    assert all(flag[2:] in worker for flag in RAY_WORKER_FLAGS)
+    for path in RAYJOBS:  # KubeRay adds --head and the workers' --address itself
+        params = load(path)["spec"]["rayClusterSpec"]["headGroupSpec"]["rayStartParams"]
+        for flag in RAY_HEAD_FLAGS[1:]:
+            name, _, value = flag[2:].partition("=")
+            assert params.get(name) == value, f"{path.name}: the head's rayStartParams lack {flag}"
