@@ -9,8 +9,13 @@ Parts (``--parts``):
   the response dicts) on a 100k-persona table in memory, for 20 and 100 candidates: p50/p99 per call;
 - ``http``: `p4r serve` (uvicorn, one process) over a `milvus-lite server`, POST /rerank with 20
   candidates under `wrk` (Debian package `wrk`) on loopback for ``--seconds``: latency, requests/s, errors;
-- ``recommend``: a grouping search (top 10 items, 5 excluded) per user on collections of ``--sizes``
-  personas in Milvus Lite, with ``--index-type``; recall@10 of the items against brute force.
+- ``recommend``: top 10 items (5 excluded) per user on collections of ``--sizes`` personas, with
+  ``--index-type``, on each of ``--backends``: ``lite`` (a `milvus-lite server`), ``server`` (the Milvus 2.3.5
+  standalone server of the ``milvus`` package, started here on loopback with ``--shards`` shards; it has no
+  grouping search, so infra/milvus.py groups plain persona searches by item), or ``uri`` (a server you run,
+  ``--server-uri``); recall@10 of the items against brute force, one table for every backend.
+
+    python benchmarks/serve.py --parts recommend --backends lite,server --sizes 100000,1000000 --queries 200
 
 Vectors are synthetic and clustered like real embeddings: each item has a centre, its personas lie
 around it, users lie near a random persona (uniform random vectors would make ANN look worse than it
@@ -25,6 +30,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -137,10 +143,22 @@ def bench_rerank(dim: int, n_personas: int, calls: int) -> list[dict]:
     return rows
 
 
-def bench_recommend(dim: int, sizes: list[int], queries: int, icfg: IndexConfig, uri: str) -> list[dict]:
+def bench_recommend(
+    dim: int,
+    sizes: list[int],
+    queries: int,
+    icfg: IndexConfig,
+    uri: str,
+    backend: str = "lite",
+    search_grid: list[dict] | None = None,
+) -> list[dict]:
+    """Build a collection per size, then time ``queries`` users one at a time for each search setting of
+    ``search_grid`` (default: ``icfg.search_params``) on that one build."""
     from pymilvus import MilvusClient
 
     client = MilvusClient(uri)
+    version = milvus.server_version(client)
+    grouping = milvus.supports_grouping(client)
     rows = []
     for size in sizes:
         item_of, vectors = catalogue(size, dim, seed=size)
@@ -155,20 +173,24 @@ def bench_recommend(dim: int, sizes: list[int], queries: int, icfg: IndexConfig,
         build_version(client, name, index_table(item_of, vectors), icfg, {}, progress=True)
         build_s = time.perf_counter() - t0
         exclude = [[f"i{j:07d}" for j in s] for s in seen]
-        for u in range(min(20, queries)):  # warm-up
-            milvus.search_items(client, name, users[u : u + 1], 10, icfg, [exclude[u]])
-        times, hits = [], []
-        for u in range(queries):
-            t0 = time.perf_counter()
-            got = milvus.search_items(client, name, users[u : u + 1], 10, icfg, [exclude[u]])[0]
-            times.append(time.perf_counter() - t0)
-            hits.append([int(h["item_id"][1:]) for h in got])
         truth = brute_force_top(users, item_of, vectors, n_items, seen, 10)
-        recall = float(np.mean([len(set(h) & set(t)) / 10 for h, t in zip(hits, truth, strict=True)]))
-        rows.append({"part": "recommend", "personas": size, "items": n_items, "index_type": icfg.index_type,
-                     "search": json.dumps(icfg.search_params),
-                     "build_s": round(build_s, 1), "recall@10": recall, **percentiles(times)})  # fmt: skip
-        print(json.dumps(rows[-1]), flush=True)
+        for params in search_grid or [icfg.search_params]:
+            scfg = icfg.model_copy(update={"search_params": params})
+            for u in range(min(20, queries)):  # warm-up
+                milvus.search_items(client, name, users[u : u + 1], 10, scfg, [exclude[u]])
+            times, hits = [], []
+            for u in range(queries):
+                t0 = time.perf_counter()
+                got = milvus.search_items(client, name, users[u : u + 1], 10, scfg, [exclude[u]])[0]
+                times.append(time.perf_counter() - t0)
+                hits.append([int(h["item_id"][1:]) for h in got])
+            recall = float(np.mean([len(set(h) & set(t)) / 10 for h, t in zip(hits, truth, strict=True)]))
+            rows.append({"part": "recommend", "backend": backend, "version": version,
+                         "search_path": "grouping search" if grouping else "persona search, grouped here",
+                         "shards": icfg.shards if backend != "lite" else 1, "personas": size, "items": n_items,
+                         "index_type": icfg.index_type, "search": json.dumps(params),
+                         "build_s": round(build_s, 1), "recall@10": recall, **percentiles(times)})  # fmt: skip
+            print(json.dumps(rows[-1]), flush=True)
         client.drop_collection(name)
     client.close()
     return rows
@@ -313,6 +335,58 @@ def lite_server(folder: Path):
         proc.wait(timeout=30)
 
 
+@contextlib.contextmanager
+def milvus_server(folder: Path):
+    """The Milvus 2.3.5 standalone server (`milvus-server`, ``pip install milvus==2.3.5``) on loopback.
+
+    Every port is chosen free; its embedded etcd listens on 127.0.0.1 (``ETCD_CONFIG_PATH``), its components
+    announce 127.0.0.1. The settings are the ones tests/clusters.py starts it with.
+    """
+    exe = Path(sys.executable).parent / "milvus-server"
+    if not exe.exists():
+        raise SystemExit("no milvus-server here: pip install milvus==2.3.5 (the dev extra has it)")
+    folder.mkdir(parents=True, exist_ok=True)
+    ports = {
+        name: _free_port()
+        for name in ("proxy-port", "etcd-port", "root-coord-port", "proxy-internal-port", "query-coord-port",
+                     "query-node-port", "index-coord-port", "index-node-port", "data-coord-port", "data-node-port")
+    }  # fmt: skip
+    client_url, peer_url = f"http://127.0.0.1:{ports['etcd-port']}", f"http://127.0.0.1:{_free_port()}"
+    etcd = folder / "etcd.yaml"
+    etcd.write_text(
+        f"name: p4r-bench\nlisten-client-urls: {client_url}\nadvertise-client-urls: {client_url}\n"
+        f"listen-peer-urls: {peer_url}\ninitial-advertise-peer-urls: {peer_url}\n"
+        f"initial-cluster: p4r-bench={peer_url}\n"
+    )
+    cmd = [str(exe), "--data", str(folder / "data"), *(f"--{k}={v}" for k, v in ports.items())]
+    for role in ("rootCoord", "proxy", "queryCoord", "queryNode", "indexNode", "dataCoord", "dataNode"):
+        cmd += ["--extra-config", f"{role}.ip=127.0.0.1"]
+    log = folder / "server.log"
+    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, "ETCD_CONFIG_PATH": str(etcd)})  # fmt: skip
+    uri = f"http://127.0.0.1:{ports['proxy-port']}"
+    try:
+        from pymilvus import MilvusClient
+
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                MilvusClient(uri=uri, timeout=5).get_server_version()
+                break
+            except Exception:  # noqa: BLE001 - not up yet
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"milvus-server did not start: {log.read_text()[-2000:]}") from None
+                time.sleep(1)
+        yield uri
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=30)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
 def table(rows: list[dict]) -> str:
     if not rows:
         return ""
@@ -337,8 +411,12 @@ def main() -> None:
     ap.add_argument("--index-type", default=IndexConfig().index_type, help="recommend: Milvus index type")
     ap.add_argument(
         "--search-params", type=json.loads, default=IndexConfig().search_params,
-        help='recommend: search parameters as JSON (default: index.search_params, e.g. {"ef": 128})',
+        help='recommend: search parameters as JSON (default: index.search_params, e.g. {"ef": 128}); a list '
+        '(\'[{"ef": 512}, {"ef": 1024}]\') times each on the same build',
     )  # fmt: skip
+    ap.add_argument("--backends", default="lite", help="recommend: lite, server (Milvus 2.3.5, started here), uri")
+    ap.add_argument("--server-uri", help="recommend: the Milvus server of the `uri` backend, http://host:19530")
+    ap.add_argument("--shards", type=int, default=2, help="recommend: shards per collection on a server")
     ap.add_argument("--json", type=Path, help="append each row here (JSON lines)")
     args = ap.parse_args()
     parts = args.parts.split(",")
@@ -348,14 +426,26 @@ def main() -> None:
         if "rerank" in parts:
             results += bench_rerank(args.dim, args.rerank_personas, args.calls)
             print(table([r for r in results if r["part"] == "rerank"]), flush=True)
-        if "http" in parts or "recommend" in parts:
+        backends = args.backends.split(",") if "recommend" in parts else []
+        grid = args.search_params if isinstance(args.search_params, list) else [args.search_params]
+        sizes = [int(s) for s in args.sizes.split(",")]
+        if "http" in parts or "lite" in backends:
             with lite_server(root / "milvus") as uri:
                 if "http" in parts:
                     results += bench_http(args.dim, args.seconds, args.connections, root, uri)
-                if "recommend" in parts:
-                    sizes = [int(s) for s in args.sizes.split(",")]
-                    icfg = IndexConfig(index_type=args.index_type, search_params=args.search_params, insert_batch=5000)
-                    results += bench_recommend(args.dim, sizes, args.queries, icfg, uri)
+                if "lite" in backends:
+                    icfg = IndexConfig(index_type=args.index_type, search_params=grid[0], insert_batch=5000)
+                    results += bench_recommend(args.dim, sizes, args.queries, icfg, uri, "lite", grid)
+        servers = {"server": lambda: milvus_server(root / "milvus-server")}
+        if args.server_uri:
+            servers["uri"] = lambda: contextlib.nullcontext(args.server_uri)
+        for backend in (b for b in backends if b != "lite"):
+            if backend not in servers:
+                raise SystemExit(f"unknown backend {backend!r} (lite, server, uri with --server-uri)")
+            icfg = IndexConfig(index_type=args.index_type, search_params=grid[0], insert_batch=5000,
+                               shards=args.shards)  # fmt: skip
+            with servers[backend]() as uri:
+                results += bench_recommend(args.dim, sizes, args.queries, icfg, uri, backend, grid)
     if args.json:
         with args.json.open("a") as f:
             for r in results:

@@ -282,7 +282,8 @@ class MilvusServer:
 def milvus_server() -> Iterator[MilvusServer]:
     """The Milvus 2.3.5 standalone server (`milvus-server` of the ``milvus`` package) on 127.0.0.1.
 
-    Every port is given free. Its embedded etcd listens on 127.0.0.1 (an etcd config file, named by the
+    Every port is given free (but its metrics and health port, which `milvus-server` itself takes as the first
+    free one from 9091). Its embedded etcd listens on 127.0.0.1 (an etcd config file, named by the
     ``ETCD_CONFIG_PATH`` variable Milvus reads), every component announces 127.0.0.1 (``<role>.ip``); Milvus
     2.3's gRPC servers themselves take no listen address and bind every interface.
     """
