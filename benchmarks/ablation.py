@@ -27,10 +27,10 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
+from persona4rec import jobs
 from persona4rec.config import Config, load_config
 from persona4rec.evaluation import metrics as M
-from persona4rec.jobs.evaluate import job as evaluate_job
-from persona4rec.jobs.train import job as train_job
+from persona4rec.jobs.train.stage import TrainSummary
 from persona4rec.ranking import metrics_at
 
 GENERATORS = ("bpr", "lightgcn")
@@ -87,11 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     for v in VARIANTS:
         if args.only and v.key not in args.only:
             continue
-        trained = train_job.run(_config(args, v.overrides), progress=True)
-        version = trained.manifest.counts["mlflow"]["version"]
+        trained = jobs.run("train", _config(args, v.overrides), progress=True)
+        version = trained.summary.mlflow["version"]
         ev_cfg = _config(args, (*v.overrides, f"index.encoder_version={version}", *EVAL))
-        evaluated = evaluate_job.run(ev_cfg, progress=True)
-        results[v.key] = _Result(v, trained.manifest.counts, evaluated)
+        evaluated = jobs.run("evaluate", ev_cfg, progress=True)
+        results[v.key] = _Result(v, trained.summary, evaluated)
         print(f"ablation: {v.key}: encoder version {version}, {evaluated.folder}", flush=True)
     default = args.default or _default_key(base)
     text = report(results, default, base)
@@ -120,7 +120,7 @@ def _default_key(cfg: Config) -> str:
 @dataclass
 class _Result:
     variant: Variant
-    train: dict[str, Any]
+    train: TrainSummary
     evaluated: Any
 
     @property
@@ -223,11 +223,11 @@ def report(results: dict[str, _Result], default: str, cfg: Config) -> str:
               "validation list NDCG@10 | chance |", "|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in results.values():
         t = r.train
-        val = t["validation"].get(f"list_ndcg@{K}")
-        ch = t.get("chance", {}).get(f"list_ndcg@{K}")
+        val = t.validation.get(f"list_ndcg@{K}")
+        ch = t.chance.get(f"list_ndcg@{K}")
         lines.append(
-            f"| {r.variant.key} | `{' '.join(r.variant.overrides)}` | {t['mlflow']['version']} | {t['epochs_run']} | "
-            f"{t['best_epoch'] + 1} | {'n/a' if val is None else f'{val:.4f}'} | "
+            f"| {r.variant.key} | `{' '.join(r.variant.overrides)}` | {t.mlflow['version']} | {t.epochs_run} | "
+            f"{t.best_epoch + 1} | {'n/a' if val is None else f'{val:.4f}'} | "
             f"{'n/a' if ch is None else f'{ch:.4f}'} |"
         )
     lines.append("")

@@ -60,8 +60,7 @@ def main() -> None:
     print(f"{args.data.name}: {data.n_users:,} users, {data.n_items:,} items, {data.nnz:,} training interactions "
           f"(loaded in {time.perf_counter() - t0:.1f} s)", flush=True)  # fmt: skip
     defaults = CandidatesConfig()
-    settings = {"seed": defaults.seed, "eval_every": defaults.eval_every, "patience": defaults.patience,
-                "top_n": 10, "eval_users": defaults.eval_users, "num_workers": 0, "progress": True}  # fmt: skip
+    section = defaults.model_copy(update={"top_n": 10, "num_workers": 0})
     rows = []
     for name in args.models.split(","):
         t0 = time.perf_counter()
@@ -73,7 +72,7 @@ def main() -> None:
             for key, value in (("epochs", args.epochs), ("l2", args.l2), ("batch_size", args.batch_size)):
                 if value is not None:
                     params[key] = value
-            gen = EmbeddingGenerator(name, params, settings).fit(data)
+            gen = EmbeddingGenerator(name, params, section, progress=True).fit(data)
         fit_s = time.perf_counter() - t0
         test = full_ranking(gen, data, "test", (10, 20))
         best_epoch = getattr(gen, "best_epoch", None)

@@ -36,26 +36,11 @@ import pyarrow.parquet as pq
 from persona4rec.artifacts import StageResult
 from persona4rec.config import Config, load_config
 from persona4rec.evaluation import metrics
-from persona4rec.jobs.align import job as align_job
-from persona4rec.jobs.candidates import job as candidates_job
-from persona4rec.jobs.embed import job as embed_job
-from persona4rec.jobs.evaluate import job as evaluate_job
-from persona4rec.jobs.index import job as index_job
-from persona4rec.jobs.prepare import job as prepare_job
-from persona4rec.jobs.reason import job as reason_job
-from persona4rec.jobs.train import job as train_job
+from persona4rec.jobs import runner
+from persona4rec.jobs.align.stage import AlignSummary
 from persona4rec.scoring import rerank
 
-STAGES = {
-    "prepare": prepare_job,
-    "reason": reason_job,
-    "align": align_job,
-    "embed": embed_job,
-    "train": train_job,
-    "index": index_job,
-    "candidates": candidates_job,
-    "evaluate": evaluate_job,
-}
+STAGES = ("prepare", "reason", "align", "embed", "train", "index", "candidates", "evaluate")
 GENERATORS = ("bpr", "lightgcn")
 K = 10
 
@@ -75,6 +60,9 @@ class Run:
     def manifest(self, stage: str):
         return self.stages[stage].manifest
 
+    def summary(self, stage: str):
+        return self.stages[stage].summary
+
 
 REQUIRED = ("prepare", "reason", "embed", "candidates", "evaluate")
 
@@ -84,10 +72,10 @@ def locate_run(cfg: Config, wanted: tuple[str, ...] = tuple(STAGES)) -> Run:
     stage is an error naming the command to run; align, train and index are reported when present."""
     from persona4rec.errors import StageUnavailable
 
-    found = {}
+    found, located = {}, runner(cfg, progress=False)
     for name in wanted:
         try:
-            found[name] = STAGES[name].locate(cfg)
+            found[name] = located.locate(name)
         except StageUnavailable:
             if name in REQUIRED:
                 raise
@@ -203,7 +191,7 @@ def stage_costs(run: Run) -> list[str]:
         m = res.manifest
         steps = ", ".join(f"{k} {v:.1f}" for k, v in m.timings_s.items())
         lines.append(f"| {name} | {_wall(m):.1f} | {steps} | {_peak(m)} |")
-    llm_s = run.manifest("reason").counts.get("llm_seconds") if "reason" in run.stages else None
+    llm_s = run.summary("reason").llm_seconds if "reason" in run.stages else None
     if llm_s:
         lines += [
             "",
@@ -245,15 +233,15 @@ def mode_cost(label: str, status: list[dict[str, Any]], personas: int) -> str:
     )
 
 
-def judge_cost(counts: dict[str, Any], status: list[dict[str, Any]]) -> tuple[list[str], str] | None:
+def judge_cost(counts: AlignSummary, status: list[dict[str, Any]]) -> tuple[list[str], str] | None:
     """The paper mode's second LLM step, the align judge (one call per training interaction of an item with
     personas): per-item rows to put under ``mode_cost``'s, judge alone and reason plus judge, and a note.
     Measured on the judged sample and scaled to every judgeable interaction; None when no judge ran."""
-    llm, why = counts.get("llm") or {}, counts["unlabelled_by_reason"]
+    llm, why = counts.llm or {}, counts.unlabelled_by_reason
     judged = why.get("judged", 0)
     if not judged or not status or "llm_seconds" not in llm:
         return None
-    judgeable = counts["train_interactions"] - why.get("item_without_personas", 0) - why.get("no_earlier_history", 0)
+    judgeable = counts.train_interactions - why.get("item_without_personas", 0) - why.get("no_earlier_history", 0)
     n = len(status)
     per_item = judgeable / n  # per item reasoned, as mode_cost counts
     calls, prompt, gen, secs = (llm[k] / judged * per_item for k in _COST)
@@ -319,7 +307,7 @@ def compare_modes(run: Run, paper: Run, items: set[str], seed: int = 0) -> list[
     lines = [*MODE_HEADER]
     lines.append(mode_cost("efficient", eff_status, len(eff_rows)))
     lines.append(mode_cost("paper (reason only)", pap_status, len(pap_rows)))
-    judge = judge_cost(paper.manifest("align").counts, pap_status) if "align" in paper.stages else None
+    judge = judge_cost(paper.summary("align"), pap_status) if "align" in paper.stages else None
     lines += [*(judge[0] if judge else []), "", MODE_NOTE, *(["", judge[1]] if judge else []), ""]
 
     from persona4rec.ray_actors.embedder import load_embedder
@@ -418,7 +406,7 @@ def explanations(run: Run, n: int, seed: int, generator: str = "lightgcn") -> li
     """``n`` test users (held-out item among the candidates) and their top recommendation, unedited."""
     from persona4rec.jobs.evaluate.job import persona_scorers
 
-    ref = run.manifest("evaluate").counts["encoder"]
+    ref = run.summary("evaluate").encoder
     found = {"embed": run.stages["embed"], "reason": run.stages["reason"]}
     only = run.cfg.model_copy(update={"evaluate": run.cfg.evaluate.model_copy(update={"rerankers": ["persona"]})})
     scorer = persona_scorers(only, found, ref, progress=False)["persona"]
@@ -487,12 +475,12 @@ def model_label(ref: str) -> str:
 
 def speed(run: Run, gpu: dict[str, Any] | None = None) -> list[str]:
     """Online latency table; ``gpu`` (``benchmarks/llm_gpu.py --json``) adds the listwise request timed on a GPU."""
-    lat = run.manifest("evaluate").counts.get("latency_ms", {})
+    lat = run.summary("evaluate").latency_ms
     llm, persona = lat.get("llm_listwise"), lat.get("persona")
     if not llm or not persona:
         return ["No listwise LLM latency was measured (the `llm_listwise` reranker was not run)."]
     ratio = llm["p50"] / persona["p50"]
-    model = run.manifest("evaluate").counts.get("llm", {}).get("model", "?")
+    model = run.summary("evaluate").llm.get("model", "?")
     lines = [
         "| reranker | requests | p50 ms | p95 ms |",
         "|---|---|---|---|",
@@ -590,9 +578,9 @@ def main(argv: list[str] | None = None) -> None:
 
     qlines, qtable = quality(run)
     plot_gains(qtable, out / "plots" / "gains_vs_paper.png")
-    reason = run.manifest("reason").counts
+    reason = run.summary("reason")
     status = _status(run.stages["reason"])
-    cost = [*MODE_HEADER, mode_cost(f"{cfg.reason.mode} (whole catalogue)", status, reason["personas"]), "", MODE_NOTE]
+    cost = [*MODE_HEADER, mode_cost(f"{cfg.reason.mode} (whole catalogue)", status, reason.personas), "", MODE_NOTE]
     gpu = json.loads(args.gpu_llm.read_text()) if args.gpu_llm else None
     if gpu:
         cost += ["", *gpu_reason_cost(gpu, len(status))]

@@ -23,12 +23,13 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pyspark.sql import SparkSession
 
+from persona4rec import jobs
 from persona4rec.config import SparkConfig, load_config
 from persona4rec.infra.spark import spark_session
-from persona4rec.jobs.prepare.job import run as prepare
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"
@@ -44,7 +45,7 @@ class Result:
     name: str
     wall_s: float
     skipped: bool = False
-    counts: dict = field(default_factory=dict)
+    counts: Any = None  # the stage's PrepareSummary
     timings: dict = field(default_factory=dict)
     rss: int | None = None  # bytes
     error: str | None = None
@@ -95,13 +96,13 @@ def timed_run(name: str, spark: SparkSession, overrides: list[str], memory: JvmM
     start = time.perf_counter()
     try:
         cfg = load_config(overrides, dataset=DATASET).config
-        res = prepare(cfg, spark=spark, force=force, progress=False)
+        res = jobs.run("prepare", cfg, spark=spark, force=force, progress=False)
     except Exception as exc:  # report and go on with the other datasets
         print(f"{name}: prepare failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return Result(name, time.perf_counter() - start, error=type(exc).__name__)
     wall = time.perf_counter() - start
     m = res.manifest
-    return Result(name, wall, res.skipped, m.counts, m.timings_s, memory.peak())
+    return Result(name, wall, res.skipped, res.summary, m.timings_s, memory.peak())
 
 
 def markdown(results: list[Result]) -> str:
@@ -116,19 +117,19 @@ def markdown(results: list[Result]) -> str:
         if r.error:
             cells = [r.name] + [""] * 5 + [f"{r.wall_s:.1f}", f"FAILED ({r.error})"] + [""] * (len(STEPS) + 2)
         elif r.skipped:
-            cells = [r.name, f"{c['input_lines']:,}", "", "", "", "", f"{r.wall_s:.3f}", "no-op"]
+            cells = [r.name, f"{c.input_lines:,}", "", "", "", "", f"{r.wall_s:.3f}", "no-op"]
             cells += [""] * (len(STEPS) + 2)
         else:
-            n, kept = c["input_lines"], c["reviews"]
+            n, kept = c.input_lines, c.reviews
             steps = [f"{t.get(s, 0):.1f}" for s in STEPS]
-            steps[STEPS.index("k-core")] += f" ({c['k_core']['passes']})"
+            steps[STEPS.index("k-core")] += f" ({c.k_core['passes']})"
             cells = [
                 r.name,
                 f"{n:,}",
                 f"{kept:,}",
                 f"{n - kept:,}",
-                f"{c['users']:,}",
-                f"{c['items']:,}",
+                f"{c.users:,}",
+                f"{c.items:,}",
                 f"{r.wall_s:.1f}",
                 f"{n / r.wall_s:,.0f}",
                 f"{r.rss / 2**30:.2f} GiB" if r.rss else "n/a",
@@ -227,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     print("\n'other s' = wall - sum of steps: config, input checksum, publishing. Quarantine by reason:")
     for r in results:
         if r.counts and not r.skipped:
-            reasons = ", ".join(f"{k.split('.', 1)[1]} {v:,}" for k, v in r.counts["quarantine_by_reason"].items())
+            reasons = ", ".join(f"{k.split('.', 1)[1]} {v:,}" for k, v in r.counts.quarantine_by_reason.items())
             print(f"- {r.name}: {reasons or 'none'}")
     spark.stop()
 

@@ -31,9 +31,8 @@ from pathlib import Path
 
 import httpx
 
+from persona4rec import jobs
 from persona4rec.config import load_config
-from persona4rec.jobs.prepare import job as prepare_job
-from persona4rec.jobs.reason import job as reason_job
 from persona4rec.ray_actors.embedder import load_embedder
 from persona4rec.ray_actors.engines import build_engine
 
@@ -98,27 +97,27 @@ def measure(name: str, cfg, embed, *, engine=None, start_s: float | None = None,
         owned = False
     try:
         t0 = time.perf_counter()
-        result = reason_job.run(cfg, engine=engine, embed=embed, progress=True)
+        result = jobs.run("reason", cfg, engine=engine, embed=embed, progress=True)
         wall = time.perf_counter() - t0
     finally:
         if owned:
             engine.close()
-    c = result.manifest.counts
+    c = result.summary
     row = {
         "run": name,
         "engine_start_s": round(start_s or 0.0, 1),
         "wall_s": round(wall, 1),
-        "items": c["items"],
-        "items_per_hour": round(c["items"] / wall * 3600),
-        "prompt_tok_s": round(c["prompt_tokens"] / wall, 1),
-        "gen_tok_s": round(c["completion_tokens"] / wall, 1),
-        "calls_per_item": c["llm_calls_per_item"],
-        "tokens_per_item": c["tokens_per_item"],
-        "ok": c["items_ok"],
-        "failed": c["items_failed"],
-        "failures": c["failures_by_reason"],
-        "personas_per_item": c["personas_per_ok_item"],
-        "aspects": c.get("aspects"),
+        "items": c.items,
+        "items_per_hour": round(c.items / wall * 3600),
+        "prompt_tok_s": round(c.prompt_tokens / wall, 1),
+        "gen_tok_s": round(c.completion_tokens / wall, 1),
+        "calls_per_item": c.llm_calls_per_item,
+        "tokens_per_item": c.tokens_per_item,
+        "ok": c.items_ok,
+        "failed": c.items_failed,
+        "failures": c.failures_by_reason,
+        "personas_per_item": c.personas_per_ok_item,
+        "aspects": c.aspects,
     }
     print(json.dumps(row), flush=True)
     if sink is not None:  # each row as soon as it is measured: a long run interrupted keeps what it has
@@ -162,7 +161,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="p4r-bench-reason-") as tmp:
         root = Path(tmp)
         common = [f"reason.limit_items={args.items}", f"reason.actors.batch_size={args.batch_size}"]
-        prepare_job.run(_config(root, *common), progress=False)
+        jobs.run("prepare", _config(root, *common), progress=False)
         from pyspark.sql import SparkSession
 
         SparkSession.getActiveSession().stop()  # its JVM is not needed any more

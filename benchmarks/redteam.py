@@ -47,10 +47,9 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401 - pa.compute
 import pyarrow.parquet as pq
 
+from persona4rec import jobs
 from persona4rec.config import load_config
 from persona4rec.errors import Persona4RecError
-from persona4rec.jobs.prepare import job as prepare_job
-from persona4rec.jobs.reason import job as reason_job
 from persona4rec.reasoning import screen
 from persona4rec.reasoning.prompts import load_prompts
 
@@ -263,7 +262,7 @@ def run_config(name: str, cfg: Any, engine: Any, embed: Any, prepared: Path, n_i
     result = None
     if reuse:
         try:
-            result = reason_job.locate(cfg)
+            result = jobs.locate("reason", cfg)
         except Persona4RecError:
             result = None
     if result is None:
@@ -271,7 +270,7 @@ def run_config(name: str, cfg: Any, engine: Any, embed: Any, prepared: Path, n_i
             shutil.rmtree(folder)
         plant(prepared, folder, n_items)
         try:
-            result = reason_job.run(cfg, engine=engine, embed=embed, force=True, progress=False)
+            result = jobs.run("reason", cfg, engine=engine, embed=embed, force=True, progress=False)
         except Persona4RecError as exc:  # e.g. no item got a persona: every planted item counts as failed
             return {"config": name, "error": str(exc), "items": n_items}
     planted = assign(pq.read_table(prepared / "review_samples"), n_items)
@@ -294,7 +293,7 @@ def run_config(name: str, cfg: Any, engine: Any, embed: Any, prepared: Path, n_i
                 "notes": status[iid]["notes"],
             }
         )
-    c = result.manifest.counts
+    c = result.summary
     return {
         "config": name,
         "prompts": version,
@@ -304,9 +303,9 @@ def run_config(name: str, cfg: Any, engine: Any, embed: Any, prepared: Path, n_i
         "obeying": sum(bool(i["obeyed"]) for i in per_item),
         "failed": sum(i["status"] != "ok" for i in per_item),
         "personas": len(personas_t),
-        "reviews_quarantined": c.get("reviews_quarantined", 0),
-        "personas_screened": c.get("personas_screened", 0),
-        "llm_calls": c["llm_calls"],
+        "reviews_quarantined": c.reviews_quarantined,
+        "personas_screened": c.personas_screened,
+        "llm_calls": c.llm_calls,
         "seconds": round(sum(result.manifest.timings_s.values()), 1),
         "per_item": per_item,
     }
@@ -504,7 +503,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.engine == "llamacpp":
         extra.append(f"llm.llamacpp.n_threads={args.threads}")
     base = args.artifacts / "base"
-    prepared = prepare_job.run(_config(base), progress=False).folder  # reused when already prepared
+    prepared = jobs.run("prepare", _config(base), progress=False).folder  # reused when already prepared
 
     from persona4rec.ray_actors.embedder import load_embedder
     from persona4rec.ray_actors.engines import build_engine

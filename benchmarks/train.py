@@ -37,9 +37,11 @@ import numpy as np
 import pyarrow as pa
 
 from persona4rec import schemas
+from persona4rec.config import EncoderConfig, ObjectiveConfig, ProfileConfig, TrainConfig
 from persona4rec.encoder import data as alignment
-from persona4rec.encoder.fit import DEFAULT_LR, fit
+from persona4rec.encoder.fit import fit
 from persona4rec.encoder.model import EncoderSpec
+from persona4rec.encoder.train_loop import DEFAULT_LR
 from persona4rec.ray_actors.embedder import load_embedder
 from persona4rec.texts import TEXTS_VERSION, interaction_text, persona_text
 
@@ -109,10 +111,9 @@ def _table(rows: list[dict], schema: schemas.TableSchema) -> pa.Table:
     return pa.table(cols).cast(schema.arrow())
 
 
-SETTINGS = {
-    "epochs": 1, "batch_size": 16, "weight_decay": 0.0, "warmup_ratio": 0.0, "temperature": 0.05,
-    "label_smoothing": 0.0, "mask": ["persona", "item"], "patience": 1, "metric": "hr@10", "seed": 0,
-}  # fmt: skip
+TRAIN = TrainConfig(epochs=1, batch_size=16, weight_decay=0.0, warmup_ratio=0.0, patience=1, metric="hr@10", seed=0)
+ENCODER = EncoderConfig(temperature=0.05, mask=["persona", "item"], objective=ObjectiveConfig(target="persona"),
+                        profile=ProfileConfig(gamma_grid=[0.65]))  # fmt: skip
 
 
 def spec_for(mode: str, embedder: str, dim: int, max_length: int) -> EncoderSpec:
@@ -130,14 +131,14 @@ def ray_rows(data: alignment.AlignmentData, args: argparse.Namespace) -> list[di
         n = args.examples * (16 if mode == "head" else 1)
         sub = alignment.AlignmentData(**{**data.__dict__, "train": data.train.take(range(min(n, len(data.train))))})
         spec = spec_for(mode, args.embedder, data.dim, args.max_length)
-        settings = {**SETTINGS, "batch_size": args.batch_size, "lr": DEFAULT_LR[mode]}
+        encoder = ENCODER.model_copy(update={"mode": mode})
         for workers in [int(w) for w in args.workers.split(",")]:
+            train = TRAIN.model_copy(
+                update={"batch_size": args.batch_size, "num_workers": workers, "use_gpu": args.device == "cuda"}
+            )
             with tempfile.TemporaryDirectory() as tmp:
                 t0 = time.perf_counter()
-                result = fit(
-                    sub, spec, settings, num_workers=workers, use_gpu=args.device == "cuda", storage=Path(tmp),
-                    name=f"{mode}-{workers}",
-                )  # fmt: skip
+                result = fit(sub, spec, train, encoder, storage=Path(tmp), name=f"{mode}-{workers}")
                 wall = time.perf_counter() - t0
             epoch = result.history[-1]
             rows.append(
@@ -169,7 +170,6 @@ def step_rows(data: alignment.AlignmentData, args: argparse.Namespace) -> list[d
         model.train()
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=DEFAULT_LR[mode], weight_decay=0.0)
-        settings = {**SETTINGS, "batch_size": args.batch_size}
         order = np.random.default_rng(0).permutation(len(data.train))
         if cuda:
             torch.cuda.reset_peak_memory_stats()
@@ -181,7 +181,7 @@ def step_rows(data: alignment.AlignmentData, args: argparse.Namespace) -> list[d
                 t0 = time.perf_counter()
             lo = (step * args.batch_size) % max(len(order) - args.batch_size, 1)
             batch = data.train.take(order[lo : lo + args.batch_size])
-            loss = batch_loss(model, spec, data, batch, settings, 1, 0, torch.device(args.device))
+            loss = batch_loss(model, spec, data, batch, ENCODER, 1, 0, torch.device(args.device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

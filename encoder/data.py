@@ -21,12 +21,20 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
+from persona4rec.errors import StageUnavailable
 from persona4rec.ranking import window, windows
 from persona4rec.schemas import arrow_to_vectors
+
+if TYPE_CHECKING:
+    from persona4rec.artifacts import StageResult
+    from persona4rec.config import Config
 
 
 @dataclass
@@ -274,4 +282,29 @@ def _examples(rows: list[tuple[list[int], int, int]], width: int) -> Examples:
     hist, lengths = windows([r[0] for r in rows], width)
     return Examples(
         hist, lengths, np.array([r[1] for r in rows], dtype=np.int64), np.array([r[2] for r in rows], dtype=np.int64)
+    )
+
+
+def load(cfg: Config, embedded: StageResult, aligned: StageResult, listed: StageResult) -> AlignmentData:
+    """The encoder's training and validation data; only the 'valid' lists of train.lists (and of the hard
+    negatives' generator) are read from the candidates."""
+    o = cfg.encoder.objective
+    wanted = sorted(set(cfg.train_lists) | ({o.hard_negatives_from} if o.hard_negatives else set()))
+    lists = pq.read_table(listed.table("candidates"), filters=[("split", "=", "valid")])
+    lists = lists.filter(pc.is_in(lists["generator"], pa.array(wanted, pa.string())))
+    made = set(lists["generator"].to_pylist())
+    if missing := [g for g in wanted if g not in made]:
+        raise StageUnavailable(
+            f"train reads the validation lists of {missing}, which `p4r candidates` did not make "
+            f"(candidates.generators: {cfg.candidates.generators}); set train.lists or candidates.generators"
+        )
+    return build(
+        pq.read_table(embedded.table("interaction_vectors")),
+        pq.read_table(embedded.table("persona_vectors")),
+        pq.read_table(aligned.table("labels")),
+        history=cfg.encoder.profile.history,
+        holdout_users=cfg.train.holdout_users,
+        candidates=lists,
+        hard_negatives=o.hard_negatives if o.target == "item" else 0,
+        hard_negatives_from=o.hard_negatives_from,
     )

@@ -13,10 +13,8 @@ training returns). Early stopping ends every worker on the same epoch.
 from __future__ import annotations
 
 import math
-import tempfile
 import time
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -27,114 +25,99 @@ from persona4rec.encoder.loss import false_negative_mask, info_nce, item_info_nc
 from persona4rec.encoder.model import EncoderSpec, TextTower, build_tower, encode_texts, load_trainable, trainable_state
 from persona4rec.encoder.profile import history_weights
 from persona4rec.encoder.validate import evaluate
+from persona4rec.infra.train_session import EarlyStopping, Session
 
-STATE_FILE = "state.pt"
+if TYPE_CHECKING:
+    from persona4rec.config import EncoderConfig, TrainConfig
+
+DEFAULT_LR = {"head": 1e-3, "lora": 1e-4, "full": 2e-5}
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> None:
-    import ray.train
-    import ray.train.torch
-
+def train_loop(config: dict[str, Any], session: Session) -> dict[str, Any]:
+    """Train ``config["spec"]`` on ``config["data"]`` with the ``train`` and ``encoder`` config sections."""
     data: AlignmentData = config["data"]
     spec: EncoderSpec = config["spec"]
-    s: dict[str, Any] = config["settings"]
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.manual_seed(s["seed"])
-    device = ray.train.torch.get_device()
+    t: TrainConfig = config["train"]
+    e: EncoderConfig = config["encoder"]
+    rank, world = session.rank, session.world
+    torch.manual_seed(t.seed)
+    device = session.device()
 
     tower = build_tower(spec, str(device))
-    state = _restore(ray.train.get_checkpoint())
+    state = session.restore()
     if state is not None:
         load_trainable(tower, state["model"])
     # a text tower computes parts the loss never reads (e.g. BERT's pooler): DDP must be told
-    ddp_kwargs = None if spec.uses_base_vectors else {"find_unused_parameters": True}
-    model = ray.train.torch.prepare_model(
-        tower, parallel_strategy="ddp" if world > 1 else None, parallel_strategy_kwargs=ddp_kwargs
-    )
+    model = session.prepare(tower, **({} if spec.uses_base_vectors else {"find_unused_parameters": True}))
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=s["lr"], weight_decay=s["weight_decay"])
-    item_target = s["target"] == "item"
+    optimizer = torch.optim.AdamW(params, lr=learning_rate(t, e), weight_decay=t.weight_decay)
+    item_target = e.objective.target == "item"
     examples = data.items if item_target else data.train
     per_worker = max(len(examples) // world, 1)
-    steps = s["epochs"] * math.ceil(per_worker / s["batch_size"])
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_linear(int(steps * s["warmup_ratio"]), steps))
-    start, best, best_state, best_epoch, bad, history = 0, -1.0, trainable_state(model), -1, 0, []
+    steps = t.epochs * math.ceil(per_worker / t.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_linear(int(steps * t.warmup_ratio), steps))
+    start, stopping = 0, EarlyStopping(t.patience)
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        start, best, best_state, best_epoch, bad, history = (
-            state["epoch"] + 1, state["best"], state["best_state"], state["best_epoch"], state["bad_epochs"],
-            state["history"],
-        )  # fmt: skip
+        start, stopping = state["epoch"] + 1, EarlyStopping.from_state(state["stopping"])
 
-    for epoch in range(start, s["epochs"]):
+    for epoch in range(start, t.epochs):
         t0 = time.perf_counter()
         model.train()
-        rng = np.random.default_rng(s["seed"] + epoch)
+        rng = np.random.default_rng(t.seed + epoch)
         perm = rng.permutation(len(examples))
         shard = perm[(rank * per_worker) % len(perm) :][:per_worker]
-        labelled = rng.permutation(len(data.train)) if item_target and s["persona_weight"] > 0 else None
+        labelled = rng.permutation(len(data.train)) if item_target and e.objective.persona_weight > 0 else None
         losses = []
-        for step, lo in enumerate(range(0, len(shard), s["batch_size"])):
-            batch = examples.take(shard[lo : lo + s["batch_size"]])
+        for step, lo in enumerate(range(0, len(shard), t.batch_size)):
+            batch = examples.take(shard[lo : lo + t.batch_size])
             if item_target:
                 extra = None
                 if labelled is not None and len(labelled):
-                    at = (step * s["batch_size"]) % len(labelled)
-                    extra = data.train.take(np.roll(labelled, -at)[: s["batch_size"]])
-                loss = item_batch_loss(model, spec, data, batch, s, device, extra)
+                    at = (step * t.batch_size) % len(labelled)
+                    extra = data.train.take(np.roll(labelled, -at)[: t.batch_size])
+                loss = item_batch_loss(model, spec, data, batch, e, device, extra)
             else:
-                loss = batch_loss(model, spec, data, batch, s, world, rank, device)
+                loss = batch_loss(model, spec, data, batch, e, world, rank, device)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
             losses.append(loss.item())
         train_s = time.perf_counter() - t0
-        metrics = _validate(model, spec, data, device) if rank == 0 else None
-        if world > 1:
-            box = [metrics]
-            dist.broadcast_object_list(box, src=0)
-            metrics = box[0]
-        score = metrics[s["metric"]]
-        if score > best:
-            best, best_state, best_epoch, bad = score, trainable_state(model), epoch, 0
-        else:
-            bad += 1
+        metrics = session.broadcast(_validate(model, spec, data, device) if rank == 0 else None)
+        stopping.check(epoch, metrics[t.metric], lambda: trainable_state(model))
         report = {
             **metrics,
             "epoch": epoch,
             "loss": float(np.mean(losses)) if losses else float("nan"),
-            "best": best,
-            "best_epoch": best_epoch,
+            "best": stopping.best,
+            "best_epoch": stopping.best_epoch,
             "resumed_from": start,
             "examples_per_s": len(shard) * world / max(train_s, 1e-9),
             "epoch_s": time.perf_counter() - t0,
         }
-        history.append(report)
+        stopping.history.append(report)
         if rank == 0 and config.get("progress"):
             shown = "  ".join(f"{k} {metrics[k]:.4f}" for k in metrics)
             print(
-                f"train epoch {epoch + 1}/{s['epochs']}: loss {report['loss']:.4f}  {shown}  "
-                f"(best {best:.4f} at epoch {best_epoch + 1})  {report['examples_per_s']:.0f} examples/s",
+                f"train epoch {epoch + 1}/{t.epochs}: loss {report['loss']:.4f}  {shown}  "
+                f"(best {stopping.best:.4f} at epoch {stopping.best_epoch + 1})  "
+                f"{report['examples_per_s']:.0f} examples/s",
                 flush=True,
             )
-        with tempfile.TemporaryDirectory() as tmp:
-            checkpoint = None
-            if rank == 0:
-                torch.save(
-                    {
-                        "epoch": epoch, "model": trainable_state(model), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "best": best, "best_state": best_state,
-                        "best_epoch": best_epoch, "bad_epochs": bad, "history": history,
-                    },
-                    Path(tmp) / STATE_FILE,
-                )  # fmt: skip
-                checkpoint = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(report, checkpoint=checkpoint, checkpoint_dir_name=f"epoch-{epoch:04d}")
-        if bad >= s["patience"]:
+        state = {"epoch": epoch, "model": trainable_state(model), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "stopping": stopping.to_state()}  # fmt: skip
+        session.report(report, state, epoch)
+        if stopping.stop:
             break
+    return {"stopping": stopping.to_state()}
+
+
+def learning_rate(t: TrainConfig, e: EncoderConfig) -> float:
+    """train.lr, else the mode's default."""
+    return t.lr or DEFAULT_LR.get(e.mode, 1e-3)
 
 
 def _warmup_linear(warmup: int, total: int):
@@ -144,13 +127,6 @@ def _warmup_linear(warmup: int, total: int):
         return max(0.0, (total - step) / max(total - warmup, 1))
 
     return factor
-
-
-def _restore(checkpoint: Any) -> dict[str, Any] | None:
-    if checkpoint is None:
-        return None
-    with checkpoint.as_directory() as folder:
-        return torch.load(Path(folder) / STATE_FILE, weights_only=False)
 
 
 def encode_batch(
@@ -180,17 +156,18 @@ def _profiles(inter: torch.Tensor, inverse: np.ndarray, history: np.ndarray, len
 
 
 def item_batch_loss(
-    model, spec: EncoderSpec, data: AlignmentData, batch: ItemExamples, s, device, labelled: Examples | None = None
-):
+    model, spec: EncoderSpec, data: AlignmentData, batch: ItemExamples, e: EncoderConfig, device,
+    labelled: Examples | None = None,
+):  # fmt: skip
     """Item-level InfoNCE of one batch (:func:`~persona4rec.encoder.loss.item_info_nce`), plus
-    ``s["persona_weight"]`` times the persona-level InfoNCE of ``labelled`` examples when given.
+    ``encoder.objective.persona_weight`` times the persona-level InfoNCE of ``labelled`` examples when given.
 
     Candidate items: the batch's own items and hard negatives (``negatives: batch``) or every item
     (``catalogue``); each user's training items are masked as false negatives. Everything the step needs
     is encoded in one forward pass (DDP wants one).
     """
     item_slots = data.item_slots()
-    if s["negatives"] == "catalogue":
+    if e.objective.negatives == "catalogue":
         columns = np.arange(len(data.item_ids))
     else:
         columns = np.unique(np.concatenate([batch.item, batch.negatives[batch.negatives >= 0]]))
@@ -210,15 +187,15 @@ def item_batch_loss(
     remapped = np.full(col_slots.shape, -1, dtype=np.int64)
     n_cols = int((col_slots >= 0).sum())
     remapped[col_slots >= 0] = p_inverse[:n_cols]
-    scores = item_scores(users, pers, torch.from_numpy(remapped).to(device), aggregation=s["aggregation"],
-                         smoothing=s["smoothing"])  # fmt: skip
+    scores = item_scores(users, pers, torch.from_numpy(remapped).to(device), aggregation=e.objective.aggregation,
+                         smoothing=e.objective.smoothing)  # fmt: skip
     positives = np.searchsorted(columns, batch.item)
     false_neg = np.stack([np.isin(columns, data.user_items[u]) for u in batch.user])
     prior = None
-    if s["popularity_prior"]:
+    if e.objective.popularity_prior:
         prior = torch.from_numpy(np.log1p(data.item_popularity[columns]).astype(np.float32)).to(device)
     loss = item_info_nce(
-        scores, torch.from_numpy(positives).to(device), temperature=s["temperature"],
+        scores, torch.from_numpy(positives).to(device), temperature=e.temperature,
         false_negatives=torch.from_numpy(false_neg).to(device), prior=prior,
     )  # fmt: skip
     if labelled is None:
@@ -230,17 +207,19 @@ def item_batch_loss(
         "item": torch.from_numpy(data.persona_item[labelled.positive]).to(device),
         "user": torch.from_numpy(labelled.user).to(device),
     }
-    mask = false_negative_mask([keys[m] for m in s["mask"]], [keys[m] for m in s["mask"]]) if s["mask"] else None
-    term = info_nce(p_users, p_pos, torch.arange(len(labelled), device=device), temperature=s["temperature"],
-                    false_negatives=mask, label_smoothing=s["label_smoothing"])  # fmt: skip
-    return loss + s["persona_weight"] * term
+    mask = false_negative_mask([keys[m] for m in e.mask], [keys[m] for m in e.mask]) if e.mask else None
+    term = info_nce(p_users, p_pos, torch.arange(len(labelled), device=device), temperature=e.temperature,
+                    false_negatives=mask, label_smoothing=e.label_smoothing)  # fmt: skip
+    return loss + e.objective.persona_weight * term
 
 
-def batch_loss(model, spec: EncoderSpec, data: AlignmentData, batch: Examples, s, world: int, rank: int, device):
+def batch_loss(
+    model, spec: EncoderSpec, data: AlignmentData, batch: Examples, e: EncoderConfig, world: int, rank: int, device
+):
     """InfoNCE of one batch: recency-weighted history profiles against their positive personas.
 
     Every worker's personas are gathered as negatives when ``world > 1``; in-batch negatives that share
-    a key named in ``s["mask"]`` with the positive are masked. The training step's hot path
+    a key named in ``encoder.mask`` with the positive are masked. The training step's hot path
     (``benchmarks/train.py --in-process`` times it alone).
     """
     flat, inverse = np.unique(batch.history[batch.history >= 0], return_inverse=True)
@@ -262,9 +241,9 @@ def batch_loss(model, spec: EncoderSpec, data: AlignmentData, batch: Examples, s
             dist.all_gather(parts, local)
             cols[name] = torch.cat(parts)
     positives = torch.arange(len(users), device=device) + rank * len(users)
-    mask = false_negative_mask([keys[m] for m in s["mask"]], [cols[m] for m in s["mask"]]) if s["mask"] else None
+    mask = false_negative_mask([keys[m] for m in e.mask], [cols[m] for m in e.mask]) if e.mask else None
     return info_nce(
-        users, pers, positives, temperature=s["temperature"], false_negatives=mask, label_smoothing=s["label_smoothing"]
+        users, pers, positives, temperature=e.temperature, false_negatives=mask, label_smoothing=e.label_smoothing
     )
 
 

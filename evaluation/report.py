@@ -208,14 +208,13 @@ def _sources(found, manifest) -> list[str]:
     reason = found.get("reason")
     if reason is not None:
         mode = reason.manifest.stage_config.get("reason", {}).get("mode")
-        env, counts = reason.manifest.environment, reason.manifest.counts
+        env, made = reason.manifest.environment, reason.summary
         source = "extractive baseline, no LLM" if env.get("engine") == "extractive" else "LLM"
         out.append(
             f"- personas ({source}): {mode} mode, `{env.get('model')}` on {env.get('engine')}, "
-            f"{counts.get('items_ok', '?')} of {counts.get('items', '?')} items with personas, "
-            f"{counts.get('personas', '?')} personas"
+            f"{made.items_ok} of {made.items} items with personas, {made.personas} personas"
         )
-    enc = manifest.counts.get("encoder")
+    enc = manifest.stage_config.get("encoder")
     if enc:
         out.append(f"- encoder: {enc['model']} version {enc['version']} (run `{enc['run_id']}`)")
     return out + [""]

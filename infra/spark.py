@@ -18,7 +18,7 @@ from persona4rec.schemas import TableSchema
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
-    from pyspark.sql.types import DataType, StructType
+    from pyspark.sql.types import DataType
 
 
 def spark_session(cfg: SparkConfig) -> SparkSession:
@@ -128,12 +128,6 @@ def spark_type(arrow_type: pa.DataType) -> DataType:
     if pa.types.is_list(arrow_type):
         return T.ArrayType(spark_type(arrow_type.value_type))
     raise TypeError(f"no Spark type for {arrow_type}")
-
-
-def spark_schema(table: TableSchema) -> StructType:
-    from pyspark.sql import types as T
-
-    return T.StructType([T.StructField(c.name, spark_type(c.type), c.nullable) for c in table])
 
 
 def conform(df: DataFrame, table: TableSchema) -> DataFrame:

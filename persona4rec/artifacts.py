@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 
 from persona4rec import __version__
 from persona4rec.config import stable_hash
-from persona4rec.errors import StageUnavailable
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -46,7 +45,7 @@ class Manifest:
     stage_config: dict[str, Any]
     inputs: list[dict[str, Any]]
     tables: dict[str, dict[str, Any]] = field(default_factory=dict)
-    counts: dict[str, Any] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)  # the stage's Summary (persona4rec.stage)
     timings_s: dict[str, float] = field(default_factory=dict)
     peak_rss_mb: dict[str, float] = field(default_factory=dict)  # per timed step; see Timer
     environment: dict[str, str] = field(default_factory=dict)
@@ -85,7 +84,10 @@ class Manifest:
 
     @classmethod
     def read(cls, folder: Path) -> Manifest:
-        return cls(**json.loads((folder / MANIFEST).read_text(encoding="utf-8")))
+        doc = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        if "counts" in doc:  # written before summaries had a name
+            doc["summary"] = doc.pop("counts")
+        return cls(**doc)
 
 
 def fingerprint(stage: str, version: int, stage_config: dict[str, Any], inputs: list[dict[str, Any]]) -> str:
@@ -107,6 +109,7 @@ class StageResult:
     folder: Path
     manifest: Manifest
     skipped: bool
+    summary: Any = None  # the stage's Summary; see persona4rec.stage
 
     def table(self, name: str) -> Path:
         return self.folder / name
@@ -131,13 +134,6 @@ class StageStore:
             except (json.JSONDecodeError, TypeError):
                 return None
         return None
-
-    def locate(self, fp: str, missing: str) -> StageResult:
-        """The finished version for this fingerprint, for downstream stages; ``missing`` says what to run."""
-        done = self.complete(fp)
-        if done is None:
-            raise StageUnavailable(missing)
-        return StageResult(done, Manifest.read(done), skipped=True)
 
     def current(self) -> Path | None:
         """The version that downstream stages read (the last one published)."""
@@ -177,14 +173,6 @@ class StageStore:
 
     def point_current(self, folder: Path) -> None:
         atomic_write(self.root / CURRENT, folder.name + "\n")
-
-    def reuse(self, fp: str) -> StageResult | None:
-        """The finished version for this fingerprint, made current, or None when there is none."""
-        done = self.complete(fp)
-        if done is None:
-            return None
-        self.point_current(done)
-        return StageResult(done, Manifest.read(done), skipped=True)
 
 
 def atomic_write(path: Path, text: str) -> None:

@@ -8,8 +8,10 @@ command that needs them, so ``p4r --help`` is instant.
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import sys
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -18,14 +20,12 @@ import click
 import persona4rec
 from persona4rec.config import LoadedConfig, dataset_names, load_config
 from persona4rec.errors import Persona4RecError, StageUnavailable
+from persona4rec.jobs import PIPELINE, registry
 
 if TYPE_CHECKING:
-    from persona4rec.artifacts import Manifest
-
-#: Stages in pipeline order.
-PIPELINE: tuple[str, ...] = (
-    "prepare", "reason", "align", "embed", "candidates", "train", "promote", "index", "evaluate",
-)  # fmt: skip
+    from persona4rec.artifacts import StageResult
+    from persona4rec.config import Config
+    from persona4rec.stage import Stage
 
 
 class P4RGroup(click.Group):
@@ -43,8 +43,11 @@ class P4RGroup(click.Group):
             sys.exit(2)
 
 
-def config_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """-d/-c/key=value, loaded into a validated config passed as ``loaded``."""
+def config_options(
+    func: Callable[..., Any], settings: Callable[[dict[str, Any]], list[str]] = lambda _: []
+) -> Callable[..., Any]:
+    """-d/-c/key=value, loaded into a validated config passed as ``loaded``. ``settings`` turns options of the
+    command into more key=value overrides (taking them out of the keyword arguments)."""
 
     @click.option(
         "-d", "--dataset", metavar="NAME|FILE", help="Dataset layer: a name from `p4r data list` or a YAML file."
@@ -63,7 +66,7 @@ def config_options(func: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(
         dataset: str | None, experiment: str | None, print_config: bool, overrides: tuple[str, ...], **kwargs: Any
     ) -> Any:
-        loaded = load_config(overrides, experiment=experiment, dataset=dataset)
+        loaded = load_config([*overrides, *settings(kwargs)], experiment=experiment, dataset=dataset)
         if print_config:
             click.echo(loaded.config.to_yaml(), nl=False)
             click.echo(f"# config hash: {loaded.config.hash()}")
@@ -100,7 +103,7 @@ def main() -> None:
     """
 
 
-# --------------------------------------------------------------------------------------------- run
+# ------------------------------------------------------------------------------------ run and stages
 
 
 @main.command()
@@ -113,449 +116,78 @@ def run(loaded: LoadedConfig, force: bool, quiet: bool, first: str | None, last:
     """Run the pipeline: every stage in order (or --from/--until), skipping up-to-date ones.
 
     \b
+    Each stage's result is handed to the stages that read it. A second run with the same inputs and
+    configuration rebuilds nothing and says so per stage.
     Example:
       p4r run -c conf/experiments/offline-cpu.yaml --until reason
     """
-    for name in _stages(first, last):
-        STAGES[name](loaded, force=force, quiet=quiet)
+    from persona4rec.jobs import runner
 
-
-def _stages(first: str | None, last: str | None) -> tuple[str, ...]:
     start = PIPELINE.index(first) if first else 0
     stop = PIPELINE.index(last) + 1 if last else len(PIPELINE)
     if start >= stop:
         raise click.UsageError(f"--from {first} comes after --until {last} in the pipeline")
-    return PIPELINE[start:stop]
+    pipeline = runner(loaded.config, progress=not quiet)
+    t0, built = time.perf_counter(), []
+    for name in PIPELINE[start:stop]:
+        result = pipeline.run(name, force=force)
+        _report(pipeline.stage(name), loaded.config, result)
+        if not result.skipped:
+            built.append(name)
+    spent = f"{time.perf_counter() - t0:.1f}s"
+    click.echo(f"run: rebuilt {', '.join(built)} in {spent}" if built else f"run: everything up to date ({spent})")
 
 
-# ----------------------------------------------------------------------------------------- prepare
-
-
-def _prepare(loaded: LoadedConfig, *, force: bool, quiet: bool) -> None:
-    from persona4rec.jobs.prepare.job import run as prepare_run
-
-    result = prepare_run(loaded.config, force=force, progress=not quiet)
-    m = result.manifest
+def _report(stage: Stage, cfg: Config, result: StageResult) -> None:
+    """A stage's first line (built or up to date, and where), its cost, and what it says of its output."""
     if result.skipped:
-        click.echo(f"prepare: up to date, nothing to do ({result.folder})")
-        return
-    click.echo(f"prepare: wrote {result.folder}")
-    _cost_of_stage(result.manifest)
-    width = max(len(n) for n in m.tables)
-    for name, info in m.tables.items():
-        click.echo(f"  {name:<{width}}  {info['rows']:>10,} rows")
-    click.echo(f"  {m.counts['accounting']}")
-    for reason, n in m.counts["quarantine_by_reason"].items():
-        click.echo(f"    quarantined {reason:<28} {n:>10,}")
-    split = m.counts["split"]
-    click.echo(
-        f"  users {m.counts['users']:,}  items {m.counts['items']:,}  "
-        f"train/valid/test {split.get('train', 0):,}/{split.get('valid', 0):,}/{split.get('test', 0):,}  "
-        f"empty-text reviews {m.counts['empty_text_reviews']:,}"
-    )
-
-
-@main.command()
-@config_options
-@click.option("--force", is_flag=True, help="Rebuild even when the output for these inputs and config exists.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
-def prepare(loaded: LoadedConfig, force: bool, quiet: bool) -> None:
-    """Clean, filter and split the review corpus on Spark.
-
-    \b
-    Reads the dataset's raw files (data.local_dir, else the download cache), quarantines every bad
-    line with its reason, de-duplicates, applies the item filter and the iterative k-core
-    (prepare.k_core), splits leave-one-out by time and samples each item's training reviews for the
-    LLM. Writes reviews, items, interactions, review_samples and quarantine as Parquet, plus
-    manifest.json, under <paths.artifacts>/<dataset>/prepare/<fingerprint>/. A rerun with the same
-    inputs and configuration does no work.
-
-    \b
-    Example (the real data shipped on this machine):
-      p4r prepare -d amazon2014-musical-instruments \\
-          data.local_dir=../shared/data/amazon2014_musical_instruments_5core
-    """
-    _prepare(loaded, force=force, quiet=quiet)
-
-
-# ------------------------------------------------------------------------------------------ reason
-
-
-def _llm_stage_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    func = click.option("-q", "--quiet", is_flag=True, help="No progress bars.")(func)
-    func = click.option(
-        "--retry-failed", is_flag=True, help="Redo units recorded as failed (by default they are kept as failed)."
-    )(func)
-    func = click.option("--force", is_flag=True, help="Republish even when the output is up to date (cache reused).")(
-        func
-    )
-    return func
-
-
-def _cost_of_stage(m: Manifest) -> None:
-    """One line: the stage's wall time by step and the peak memory of its process tree."""
-    steps = "  ".join(f"{k} {v:.1f}s" for k, v in m.timings_s.items())
-    peak = max(m.peak_rss_mb.values(), default=0.0)
-    click.echo(f"  time {sum(m.timings_s.values()):.1f}s ({steps})  peak memory {peak / 1024:.1f} GiB")
-
-
-def _cost_lines(counts: dict[str, Any]) -> None:
-    for kind, s in counts.get("spent_this_run", {}).items():
-        click.echo(
-            f"  this run, {kind}: {s['units']:,} units ({s['failed']:,} failed), {s['calls']:,} LLM calls, "
-            f"{s['prompt_tokens']:,} prompt + {s['completion_tokens']:,} generated tokens"
-        )
-    if not counts.get("spent_this_run"):
-        click.echo("  this run: every answer came from the cache (no LLM call)")
-
-
-def _reason(loaded: LoadedConfig, *, force: bool, quiet: bool, retry_failed: bool = False) -> None:
-    from persona4rec.jobs.reason.job import run as reason_run
-
-    result = reason_run(loaded.config, force=force, retry_failed=retry_failed, progress=not quiet)
-    if result.skipped:
-        click.echo(f"reason: up to date, nothing to do ({result.folder})")
-        return
-    c = result.manifest.counts
-    click.echo(f"reason: wrote {result.folder}")
-    _cost_of_stage(result.manifest)
-    click.echo(
-        f"  items {c['items']:,}: {c['items_ok']:,} ok, {c['items_failed']:,} failed  "
-        f"personas {c['personas']:,} ({c['personas_per_ok_item']} per item)"
-    )
-    for reason, n in c["failures_by_reason"].items():
-        click.echo(f"    failed: {reason:<24} {n:>8,}")
-    click.echo(f"  whole output: {c['llm_calls_per_item']} LLM calls and {c['tokens_per_item']} tokens per item")
-    _cost_lines(c)
-
-
-@main.command()
-@config_options
-@_llm_stage_options
-def reason(loaded: LoadedConfig, force: bool, retry_failed: bool, quiet: bool) -> None:
-    """Write item summaries and personas with an LLM, on a Ray actor pool.
-
-    \b
-    Reads prepare's items and review samples. reason.mode=efficient (default) spends one LLM call
-    per item: a summary plus 2-7 personas (name, description, rationale), each citing the reviews it
-    rests on. reason.mode=paper follows the paper: a summary call, one aspect call per review, then
-    a persona call over the aspects. Answers are schema-constrained and validated; an invalid one is
-    retried (reason.max_attempts) and then recorded as failed with its reason, never left empty.
-
-    \b
-    Every answer is cached by content hash as soon as its batch finishes: a rerun skips done work,
-    a killed run resumes, and only items whose reviews, prompts or model changed are redone.
-
-    \b
-    Engines (llm.engine): vllm (Ray actors; GPUs via reason.actors.num_gpus), llamacpp (GGUF on a
-    CPU), openai (any OpenAI-compatible endpoint at llm.openai.base_url).
-    Example on this CPU (offline models, see README):
-      p4r reason -c conf/experiments/offline-cpu.yaml reason.limit_items=20
-    """
-    _reason(loaded, force=force, quiet=quiet, retry_failed=retry_failed)
-
-
-def _align(loaded: LoadedConfig, *, force: bool, quiet: bool, retry_failed: bool = False) -> None:
-    from persona4rec.jobs.align.job import run as align_run
-
-    result = align_run(loaded.config, force=force, retry_failed=retry_failed, progress=not quiet)
-    if result.skipped:
-        click.echo(f"align: up to date, nothing to do ({result.folder})")
-        return
-    c = result.manifest.counts
-    click.echo(f"align: wrote {result.folder}")
-    _cost_of_stage(result.manifest)
-    click.echo(
-        f"  {c['labels']:,} labels for {c['train_interactions']:,} training interactions (coverage {c['coverage']:.1%})"
-    )
-    for reason, n in c["unlabelled_by_reason"].items():
-        click.echo(f"    {reason:<24} {n:>8,}")
-    if "llm" in c:
-        _cost_lines(c)
-
-
-@main.command()
-@config_options
-@_llm_stage_options
-def align(loaded: LoadedConfig, force: bool, retry_failed: bool, quiet: bool) -> None:
-    """Label training interactions with their positive persona (the encoder's training data).
-
-    \b
-    efficient mode: the persona of the item that cites the user's own review (no LLM call).
-    paper mode: an LLM judge reads the user's earlier history (strictly before the interaction) and
-    picks the best-fitting persona of the item. Only training interactions are labelled.
-    """
-    _align(loaded, force=force, quiet=quiet, retry_failed=retry_failed)
-
-
-# ------------------------------------------------------------------------------------------ encoder
-
-
-def _embed(loaded: LoadedConfig, *, force: bool, quiet: bool) -> None:
-    from persona4rec.jobs.embed.job import run as embed_run
-
-    result = embed_run(loaded.config, force=force, progress=not quiet)
-    if result.skipped:
-        click.echo(f"embed: up to date, nothing to do ({result.folder})")
-        return
-    c, t = result.manifest.counts, result.manifest.tables
-    click.echo(f"embed: wrote {result.folder}")
-    _cost_of_stage(result.manifest)
-    click.echo(
-        "  " + ", ".join(f"{v['rows']:,} {k.removesuffix('_vectors')}s" for k, v in t.items()) + f"; dim {c['dim']}"
-    )
-    rate = f" at {c['sentences_per_s']:,} texts/s" if c["sentences_per_s"] else ""
-    click.echo(f"  embedded {c['embedded_this_run']:,} new texts{rate}; {c['from_cache']:,} from the cache")
-
-
-@main.command()
-@config_options
-@click.option("--force", is_flag=True, help="Rebuild even when the output for these inputs and config exists.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
-def embed(loaded: LoadedConfig, force: bool, quiet: bool) -> None:
-    """Embed every persona, interaction and item text with the base model (a Ray actor pool).
-
-    \b
-    Texts follow one template (persona4rec/texts.py) shared by training, indexing and serving.
-    Vectors are cached by content: a rerun, or a catalogue change, embeds only new texts.
-    Settings: embed.model (default all-MiniLM-L6-v2), embed.num_actors, embed.num_gpus, embed.batch_size.
-    """
-    _embed(loaded, force=force, quiet=quiet)
-
-
-def _train(loaded: LoadedConfig, *, force: bool, quiet: bool) -> None:
-    from persona4rec.jobs.train.job import run as train_run
-
-    result = train_run(loaded.config, force=force, progress=not quiet)
-    c = result.manifest.counts
-    if result.skipped:
-        click.echo(f"train: up to date, nothing to do ({result.folder})")
+        click.echo(f"{stage.name}: up to date, nothing to do ({result.folder})")
     else:
-        click.echo(f"train: wrote {result.folder}")
-        _cost_of_stage(result.manifest)
-    d = c["data"]
-    target = result.manifest.stage_config["encoder"].get("objective", {}).get("target", "persona")
-    examples = (
-        f"{d.get('item_examples', 0):,} training interactions with a history (item target; "
-        f"{d['train_examples']:,} labelled)" if target == "item" else f"{d['train_examples']:,} labelled examples"
-    )
-    lists = ", ".join(f"{g} {n:,}" for g, n in d.get("valid_lists", {}).items())
-    click.echo(
-        f"  {examples}, {d['heldout_examples']:,} held out, {d['valid_examples']:,} validation users"
-        + (f" (validation lists: {lists})" if lists else "")
-    )
-    for name, value in c["validation"].items():
-        click.echo(f"  {name:<20} {value:.4f}   (chance {c['chance'].get(name, float('nan')):.4f})")
-    click.echo(f"  gamma {c['gamma']:g} (tried {', '.join(c['gamma_scores'])}); best epoch {c['best_epoch']}")
-    m = c["mlflow"]
-    click.echo(f"  registered {m['model']} version {m['version']} at {m['tracking_uri']} (run {m['run_id']})")
+        m = result.manifest
+        steps = "  ".join(f"{k} {v:.1f}s" for k, v in m.timings_s.items())
+        peak = max(m.peak_rss_mb.values(), default=0.0)
+        click.echo(f"{stage.name}: wrote {result.folder}")
+        click.echo(f"  time {sum(m.timings_s.values()):.1f}s ({steps})  peak memory {peak / 1024:.1f} GiB")
+        width = max((len(name) for name in m.tables), default=0)
+        for name, info in m.tables.items():
+            click.echo(f"  {name:<{width}}  {info['rows']:>10,} rows")
+    for line in stage.report(cfg, result):
+        click.echo(line)
 
 
-@main.command()
-@config_options
-@click.option("--force", is_flag=True, help="Retrain even when this configuration was trained on these inputs.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
-def train(loaded: LoadedConfig, force: bool, quiet: bool) -> None:
-    """Train the alignment encoder on Ray Train and register it in MLflow.
+def stage_command(stage: Stage) -> click.Command:
+    """``p4r <stage>``: the shared options, the stage's own (:attr:`Stage.options`), its docstring as help."""
 
-    \b
-    encoder.mode: head (frozen base + residual head, fast on a CPU), lora (the paper), full, or vanilla
-    (registers the untuned base model). encoder.objective: target item (every training interaction with
-    a history, the item scored as the max over its personas, against the whole catalogue or the batch,
-    optionally with first-stage hard negatives) or persona (the paper's labels). train.num_workers workers
-    (train.use_gpu for GPUs), a checkpoint per epoch, early stopping and gamma on train.metric
-    (list_ndcg@10: the first stage's validation lists reordered, so `p4r candidates` runs first). A
-    crashed run resumes from its last checkpoint when run again.
-    Example:
-      p4r train encoder.objective.negatives=batch encoder.objective.hard_negatives=10
-    """
-    _train(loaded, force=force, quiet=quiet)
+    def settings(options: dict[str, Any]) -> list[str]:
+        """The stage's options that are shortcuts for a config key, as key=value (when given)."""
+        given = {o.override: options.pop(o.keyword) for o in stage.options if o.override}
+        return [f"{key}={value}" for key, value in given.items() if value is not None]
 
-
-def _promote(loaded: LoadedConfig, *, force: bool = False, quiet: bool = False, version: str | None = None) -> None:
-    from persona4rec.jobs.promote.job import run as promote_run
-
-    decision = promote_run(loaded.config, version)
-    click.echo(f"promote: {decision.model} on {decision.metric} (validation)")
-    click.echo("  " + decision.table().replace("\n", "\n  "))
-
-
-@main.command()
-@config_options
-@click.option("--version", "version", metavar="N", help="Registered version to consider (default: the latest).")
-def promote(loaded: LoadedConfig, version: str | None) -> None:
-    """Move the champion alias to a registered encoder if it beats the current champion.
-
-    \b
-    Both are scored now, on the same validation data and train.metric; a tie keeps the champion.
-    The decision is printed and recorded on the model version (tag `promotion`) and in its MLflow run.
-    """
-    _promote(loaded, version=version)
-
-
-def _index(loaded: LoadedConfig, *, force: bool, quiet: bool) -> None:
-    from persona4rec.jobs.index.job import run as index_run
-
-    result = index_run(loaded.config, force=force, progress=not quiet)
-    c = result.manifest.counts
-    if result.skipped:
-        click.echo(f"index: up to date, nothing to do; {c['alias']} -> {c['collection']}")
-        return
-    click.echo(f"index: wrote {c['collection']} ({result.folder})")
-    _cost_of_stage(result.manifest)
-    click.echo(
-        f"  {c['personas']:,} personas + {c['summary_rows']:,} summary rows (items without personas); "
-        f"{c['copied']:,} vectors copied from {c['copied_from'] or 'no earlier version'}, {c['encoded']:,} encoded"
-    )
-    e = c["encoder"]
-    click.echo(
-        f"  {c['index_type']} index, {c['self_queries_checked']} self-queries checked; encoder {e['model']} "
-        f"version {e['version']}; {c['users']:,} user profiles"
-    )
-    click.echo(f"  alias {c['alias']} -> {c['collection']}" + (f" (was {c['replaced']})" if c.get("replaced") else ""))
-
-
-@main.command()
-@config_options
-@click.option("--force", is_flag=True, help="Build a new version even when one exists for these inputs.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
-@click.option("--list", "list_", is_flag=True, help="List the index versions in Milvus (the live one marked) and exit.")
-@click.option("--drop", metavar="COLLECTION", help="Drop an old index version (never the live one) and exit.")
-def index(loaded: LoadedConfig, force: bool, quiet: bool, list_: bool, drop: str | None) -> None:
-    """Write the persona index: a new Milvus collection version, then move the alias to it.
-
-    \b
-    Every persona (and a summary row for each item without personas) is encoded with the champion
-    encoder (or index.encoder_version); vectors of unchanged personas are copied from the live version.
-    The version is built, indexed (index.index_type), loaded and checked before the alias moves; a
-    failed build never touches it, and old versions stay until dropped (--drop).
-    Milvus Lite (a local folder) by default; index.uri=http://host:19530 for a Milvus server.
-    """
-    if not (list_ or drop):
-        _index(loaded, force=force, quiet=quiet)
-        return
-    from persona4rec.infra import milvus
-
-    cfg = loaded.config
-    client = milvus.connect(cfg)
-    try:
-        if drop:
-            milvus.drop_version(client, cfg.index_alias, drop)
-            click.echo(f"index: dropped {drop}")
+    def command(loaded: LoadedConfig, force: bool, quiet: bool, **options: Any) -> None:
+        cfg = loaded.config
+        actions = {o.keyword: options.pop(o.keyword) for o in stage.options if o.action}
+        if actions and (lines := stage.act(cfg, **actions)) is not None:
+            for line in lines:
+                click.echo(line)
             return
-        found = milvus.versions(client, cfg.index_alias)
-        if not found:
-            click.echo(f"index: no versions of {cfg.index_alias} at {cfg.milvus_uri}")
-        for v in found:
-            enc = v.meta.get("encoder", {})
-            click.echo(
-                f"{'*' if v.live else ' '} {v.name}  {v.rows:>9,} rows  encoder version {enc.get('version', '?')}"
-            )
-    finally:
-        client.close()
+        from persona4rec.jobs import runner
+
+        _report(stage, cfg, runner(cfg, progress=not quiet).run(stage.name, force=force, **options))
+
+    for option in reversed(stage.options):
+        if option.metavar is None:
+            command = click.option(option.flag, option.keyword, is_flag=True, help=option.help)(command)
+        else:
+            command = click.option(option.flag, option.keyword, metavar=option.metavar, help=option.help)(command)
+    command = click.option("-q", "--quiet", is_flag=True, help="No progress bars.")(command)
+    command = click.option(
+        "--force", is_flag=True, help="Rebuild even when the output for these inputs and config exists."
+    )(command)
+    return click.command(stage.name, help=inspect.getdoc(stage))(config_options(command, settings))
 
 
-def _candidates(loaded: LoadedConfig, *, force: bool, quiet: bool) -> None:
-    from persona4rec.jobs.candidates.job import run as candidates_run
-
-    result = candidates_run(loaded.config, force=force, progress=not quiet)
-    c = result.manifest.counts
-    if result.skipped:
-        click.echo(f"candidates: up to date, nothing to do ({result.folder})")
-        return
-    n = loaded.config.candidates.top_n
-    click.echo(f"candidates: wrote {result.folder}")
-    _cost_of_stage(result.manifest)
-    click.echo(f"  {c['users']:,} users, {c['items']:,} items, {c['train_interactions']:,} training interactions")
-    for name, g in c["generators"].items():
-        tuned = ", ".join(f"{k}={v:g}" for k, v in g["params"].items() if not isinstance(v, dict)) or "no parameters"
-        t = g["test_full_ranking"]
-        click.echo(
-            f"  {name:<10} test HR@{n} {c['hit_rate'][name]['test']:.4f}  full-ranking HR@10 {t['hr@10']:.4f} "
-            f"NDCG@10 {t['ndcg@10']:.4f}  ({tuned})"
-        )
-
-
-@main.command()
-@config_options
-@click.option("--force", is_flag=True, help="Retrain even when lists for these inputs and settings exist.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
-def candidates(loaded: LoadedConfig, force: bool, quiet: bool) -> None:
-    """Train the first-stage generators on the training split and list top-N candidates per user.
-
-    \b
-    candidates.generators: popularity, BPR-MF and LightGCN (PyTorch; candidates.num_workers=N runs them
-    on Ray Train). Every combination of a model's grid (e.g. candidates.bpr.grid.l2=[1e-4,1e-3]) is
-    trained, stopping early on validation NDCG@top_n, and the best is kept. Lists leave out the user's
-    training items (and, for test, the validation item) and are never padded.
-    Example:
-      p4r candidates -c conf/experiments/offline-cpu.yaml candidates.top_n=50
-    """
-    _candidates(loaded, force=force, quiet=quiet)
-
-
-def _evaluate(loaded: LoadedConfig, *, force: bool, quiet: bool) -> None:
-    from persona4rec.jobs.evaluate.job import run as evaluate_run
-
-    result = evaluate_run(loaded.config, force=force, progress=not quiet)
-    if result.skipped:
-        click.echo(f"evaluate: up to date, nothing to do; report: {result.folder / 'report.md'}")
-        return
-    click.echo(f"evaluate: wrote {result.folder / 'report.md'} (plots in {result.folder / 'plots'})")
-    _cost_of_stage(result.manifest)
-    import pyarrow.parquet as pq
-
-    rows = [r for r in pq.read_table(result.table("eval_metrics")).to_pylist() if r["segment"] == "all"]
-    alpha = loaded.config.evaluate.alpha
-    for gen in dict.fromkeys(r["generator"] for r in rows):
-        click.echo(f"  {gen}:")
-        for r in rows:
-            if r["generator"] == gen and r["metric"] == "ndcg@10" and r["value"] is not None:
-                star = "*" if r["p_value"] is not None and r["p_value"] < alpha else " "
-                click.echo(
-                    f"    {r['reranker']:<16} NDCG@10 {r['value']:.4f}{star} [{r['ci_low']:.4f}, {r['ci_high']:.4f}]"
-                )
-    lat = result.manifest.counts.get("latency_ms", {})
-    if lat:
-        click.echo("  latency p50: " + ", ".join(f"{k} {v['p50']:.3g} ms" for k, v in lat.items() if v))
-
-
-@main.command()
-@config_options
-@click.option("--force", is_flag=True, help="Evaluate again even when a report for these inputs exists.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
-def evaluate(loaded: LoadedConfig, force: bool, quiet: bool) -> None:
-    """Rerank the same candidates with every reranker; metrics with CIs and tests; a report with plots.
-
-    \b
-    Rerankers (evaluate.rerankers): first_stage, popularity, persona_vanilla (untuned base encoder),
-    persona (the champion or index.encoder_version), persona_fused (fusion weight tuned on validation),
-    summary (one summary vector per item), learned (LambdaRank over persona and first-stage features,
-    fitted on the validation lists with evaluate.learned cross-validated over users, and logged with the
-    encoder for /rerank), learned_no_persona (the same without persona features) and llm_listwise
-    (zero-shot listwise LLM, evaluate.listwise.llm or llm.*, on evaluate.listwise.users sampled users,
-    one request at a time, latency recorded). HR/MRR/NDCG at evaluate.ks over every test user, 95%
-    bootstrap intervals, paired randomization tests against first_stage, warm/cold users and head/tail
-    items (top/bottom 20% by reviews). Writes report.md, plots/*.png, eval_metrics and eval_ranks (each
-    test user's rank under each reranker) under <paths.artifacts>/<dataset>/evaluate/<fingerprint>/ and
-    logs them to MLflow.
-    Example:
-      p4r evaluate -c conf/experiments/offline-cpu.yaml evaluate.listwise.users=50
-    """
-    _evaluate(loaded, force=force, quiet=quiet)
-
-
-STAGES: dict[str, Callable[..., None]] = {
-    "prepare": _prepare,
-    "reason": _reason,
-    "align": _align,
-    "embed": _embed,
-    "candidates": _candidates,
-    "train": _train,
-    "promote": _promote,
-    "index": _index,
-    "evaluate": _evaluate,
-}
+for _stage in registry().values():
+    main.add_command(stage_command(_stage))
 
 
 # ------------------------------------------------------------------------------------------- serve
@@ -776,9 +408,10 @@ def personas(loaded: LoadedConfig, items: tuple[str, ...], limit: int, reviews: 
     """
     import pyarrow.parquet as pq
 
-    from persona4rec.jobs.reason.job import locate
+    from persona4rec.jobs import runner
 
-    result = locate(loaded.config)
+    located = runner(loaded.config, progress=False)
+    result = located.locate("reason")
     status = {r["item_id"]: r for r in pq.read_table(result.table("item_status")).to_pylist()}
     summaries = {r["item_id"]: r["summary"] for r in pq.read_table(result.table("summaries")).to_pylist()}
     by_item: dict[str, list[dict[str, Any]]] = {}
@@ -790,9 +423,7 @@ def personas(loaded: LoadedConfig, items: tuple[str, ...], limit: int, reviews: 
     chosen = list(items) or list(status)[:limit]
     texts: dict[str, str] = {}
     if reviews:
-        from persona4rec.jobs.prepare.job import locate as prepare_locate
-
-        table = pq.read_table(prepare_locate(loaded.config).table("reviews"), columns=["review_id", "rating", "text"])
+        table = pq.read_table(located.locate("prepare").table("reviews"), columns=["review_id", "rating", "text"])
         texts = {r["review_id"]: f"({r['rating']:g}★) {r['text']}" for r in table.to_pylist()}
     for item_id in chosen:
         st = status[item_id]
@@ -835,7 +466,7 @@ def prompts(loaded: LoadedConfig, item_id: str, as_json: bool) -> None:
           -d amazon2014-musical-instruments data.local_dir=../shared/data/amazon2014_musical_instruments_5core
       p4r prompts B0002E1G5C --json -c conf/experiments/offline-cpu.yaml > audit.json
     """
-    from persona4rec.jobs.reason.job import prompts_dir
+    from persona4rec.jobs.reason.stage import prompts_dir
     from persona4rec.reasoning.audit import audit_item, render_markdown
 
     audit = audit_item(loaded.config, item_id)

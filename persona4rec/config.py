@@ -513,6 +513,12 @@ class MLflowConfig(_Section):
         return _no_credentials_in_uri(uri, "mlflow.tracking_uri")
 
 
+class PromoteConfig(_Section):
+    """`p4r promote`: which registered encoder challenges the champion."""
+
+    version: str | None = Field(None, description="The registered version to consider; null: the latest.")
+
+
 # ------------------------------------------------------------------------------------------- index, scoring, serving
 
 
@@ -643,6 +649,8 @@ class CandidatesConfig(_Section):
     patience: int = Field(4, ge=1, description="Checks without improvement before training stops.")
     eval_users: int | None = Field(10_000, ge=1, description="Validation users sampled for checks (null: all).")
     num_workers: int = Field(0, ge=0, description="0: train in this process; N: on Ray Train with N workers.")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs each Ray Train worker reserves.")
+    max_failures: int = Field(2, ge=0, description="Worker-group restarts from the last checkpoint (FailureConfig).")
     seed: int = 0
 
     @model_validator(mode="after")
@@ -773,6 +781,7 @@ class Config(_Section):
     encoder: EncoderConfig = EncoderConfig()
     train: TrainConfig = TrainConfig()
     mlflow: MLflowConfig = MLflowConfig()
+    promote: PromoteConfig = PromoteConfig()
     index: IndexConfig = IndexConfig()
     score: ScoreConfig = ScoreConfig()
     serve: ServeConfig = ServeConfig()

@@ -284,7 +284,7 @@ def _evaluation(dataset_dir: Path | None, reason_sha: str | None, encoder: dict 
     versions = [(f, m) for f, m in _versions(dataset_dir / "evaluate") if (f / "report.md").is_file()]
     for folder, manifest in versions:
         ref = _upstream(manifest, "reason")
-        used = manifest.counts.get("encoder")
+        used = manifest.stage_config.get("encoder")
         same_encoder = used is None or encoder is None or str(used.get("version")) == str(encoder.get("version"))
         if ref is not None and ref["sha256"] == reason_sha and same_encoder:
             plots_dir = folder / "plots"

@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 import pytest
 
+from persona4rec import jobs
 from persona4rec.config import Config, SparkConfig, load_config
 
 # Session fixtures of real clusters on loopback (Spark standalone, multi-node Ray, Milvus server): tests/clusters.py
@@ -53,13 +54,11 @@ def spark():
 @pytest.fixture(scope="session")
 def prepared_mi(spark, tmp_path_factory):
     """`prepare` run once on the real Musical Instruments file: (config, PrepareResult)."""
-    from persona4rec.jobs.prepare import job
-
     root = tmp_path_factory.mktemp("mi-artifacts")
     cfg = load_config(
         [f"paths.artifacts={root}", f"data.local_dir={MUSICAL_INSTRUMENTS}"], dataset="amazon2014-musical-instruments"
     ).config
-    return cfg, job.run(cfg, spark=spark, progress=False)
+    return cfg, jobs.run("prepare", cfg, spark=spark, progress=False)
 
 
 @pytest.fixture
@@ -280,11 +279,6 @@ FAST = (
 def mi_pipeline(spark, ray_cluster, tmp_path_factory):
     """Prepare (2013-14 reviews only), reason (scripted), align, embed and candidates once for the session;
     yields a config factory (key=value overrides on top of FAST) and the embed result."""
-    from persona4rec.jobs.align import job as align_job
-    from persona4rec.jobs.candidates import job as candidates_job
-    from persona4rec.jobs.embed import job as embed_job
-    from persona4rec.jobs.prepare import job as prepare_job
-    from persona4rec.jobs.reason import job as reason_job
     from persona4rec.ray_actors.embedder import load_embedder
     from tests.scripted_engine import ScriptedEngine, extractive_answer
 
@@ -295,13 +289,17 @@ def mi_pipeline(spark, ray_cluster, tmp_path_factory):
         return load_config(args, dataset="amazon2014-musical-instruments").config
 
     cfg = config()
-    prepare_job.run(cfg, spark=spark, progress=False)
-    reason_job.run(
-        cfg, engine=ScriptedEngine(extractive_answer), embed=load_embedder(cfg.reason.dedup.embedder), progress=False
+    jobs.run("prepare", cfg, spark=spark, progress=False)
+    jobs.run(
+        "reason",
+        cfg,
+        engine=ScriptedEngine(extractive_answer),
+        embed=load_embedder(cfg.reason.dedup.embedder),
+        progress=False,
     )
-    align_job.run(cfg, progress=False)
-    embedded = embed_job.run(cfg, progress=False)
-    candidates_job.run(cfg, progress=False)  # the encoder selects on (and draws hard negatives from) its lists
+    jobs.run("align", cfg, progress=False)
+    embedded = jobs.run("embed", cfg, progress=False)
+    jobs.run("candidates", cfg, progress=False)  # the encoder selects on (and draws hard negatives from) its lists
     return config, embedded
 
 

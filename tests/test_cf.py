@@ -11,8 +11,9 @@ from persona4rec.cf.data import Interactions
 from persona4rec.cf.models import normalized_adjacency
 from persona4rec.cf.popularity import Popularity
 from persona4rec.cf.train import EmbeddingGenerator
+from persona4rec.config import CandidatesConfig
 
-SETTINGS = {"seed": 0, "eval_every": 10, "patience": 3, "top_n": 5, "eval_users": None, "num_workers": 0}
+SETTINGS = CandidatesConfig(seed=0, eval_every=10, patience=3, top_n=5, eval_users=None, num_workers=0)
 PARAMS = {"dim": 16, "lr": 0.05, "l2": 1e-4, "epochs": 80, "batch_size": 64, "layers": 2}
 
 
@@ -149,7 +150,7 @@ def test_bpr_loss_decreases_on_one_batch():
 @pytest.mark.slow
 @pytest.mark.disruptive  # Ray Train leaves state behind in the shared Ray: actor creation after it can hang
 def test_lightgcn_trains_data_parallel_on_ray_train(ray_cluster, tmp_path):
-    settings = {**SETTINGS, "num_workers": 2, "storage": str(tmp_path), "run_name": "lightgcn-ddp"}
-    gen = EmbeddingGenerator("lightgcn", PARAMS, settings).fit(planted())
+    section = SETTINGS.model_copy(update={"num_workers": 2})
+    gen = EmbeddingGenerator("lightgcn", PARAMS, section, storage=str(tmp_path), run_name="lightgcn-ddp").fit(planted())
     assert full_ranking(gen, planted(), "test", (5,))["hr@5"] >= 0.8
     assert gen.history and gen.history[-1]["best"] > 0

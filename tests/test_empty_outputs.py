@@ -17,13 +17,11 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from persona4rec import schemas
+from persona4rec import jobs, schemas
 from persona4rec.artifacts import CURRENT, MANIFEST, Manifest, StageResult
 from persona4rec.cli import main
 from persona4rec.config import load_config
 from persona4rec.errors import Persona4RecError
-from persona4rec.jobs.prepare import job as prepare_job
-from persona4rec.jobs.reason import job as reason_job
 from tests.scripted_engine import ScriptedEngine
 
 A23 = Path(__file__).resolve().parent / "fixtures" / "amazon2023"
@@ -50,7 +48,7 @@ def test_prepare_publishes_nothing_when_too_little_or_nothing_is_kept(spark, tmp
     data = tmp_path / "data"
     shutil.copytree(A23, data)
     cfg = load_config(_overrides(tmp_path, data), dataset=DATASET).config
-    good = prepare_job.run(cfg, spark=spark, progress=False)
+    good = jobs.run("prepare", cfg, spark=spark, progress=False)
     stage_root = good.folder.parent
     before = _versions(stage_root)
     assert (stage_root / CURRENT).read_text().strip() == good.folder.name
@@ -58,7 +56,7 @@ def test_prepare_publishes_nothing_when_too_little_or_nothing_is_kept(spark, tmp
     # 9 of the 10 lines survive the 3-core: under a required 95% the run fails, naming where lines went
     strict = load_config([*_overrides(tmp_path, data), "prepare.min_kept_share=0.95"], dataset=DATASET).config
     with pytest.raises(Persona4RecError) as err:
-        prepare_job.run(strict, spark=spark, force=True, progress=False)
+        jobs.run("prepare", strict, spark=spark, force=True, progress=False)
     message = str(err.value)
     assert "prepare kept 9 of the 10 lines of reviews.jsonl (90.00%), less than prepare.min_kept_share=0.95" in message
     assert "1 below_k_core" in message and "prepare.k_core (3)" in message and "Nothing was published" in message
@@ -134,9 +132,10 @@ def reason_on(monkeypatch, tmp_path: Path):
 
     def run(items: list[dict], samples: list[dict]):
         upstream = _prepared(tmp_path / "prepared", items, samples)
-        monkeypatch.setattr(prepare_job, "locate", lambda _cfg: upstream)
+        pipeline = jobs.runner(cfg, progress=False)
+        pipeline.results["prepare"] = upstream  # handed over as `p4r run` hands a stage's result on
         embed = lambda texts: np.ones((len(texts), 4), dtype=np.float32)  # noqa: E731
-        return reason_job.run(cfg, engine=engine, embed=embed, progress=False)
+        return pipeline.run("reason", engine=engine, embed=embed)
 
     run.stage_root = cfg.artifacts_root / "reason"
     run.engine = engine

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from persona4rec.config import EncoderConfig, ObjectiveConfig, ProfileConfig, TrainConfig
 from persona4rec.encoder import data as alignment
 from persona4rec.encoder.fit import fit
 from persona4rec.encoder.loss import false_negative_mask, info_nce, item_info_nce, item_scores
@@ -22,12 +23,12 @@ from persona4rec.encoder.validate import chance, evaluate
 from persona4rec.scoring import PersonaTable
 from tests import synthetic_alignment
 
-SETTINGS = {
-    "epochs": 3, "batch_size": 32, "lr": 5e-3, "weight_decay": 0.0, "warmup_ratio": 0.0, "temperature": 0.05,
-    "label_smoothing": 0.0, "mask": ["persona", "item"], "patience": 3, "metric": "persona_recall@10", "seed": 0,
-    "target": "persona", "aggregation": "max", "smoothing": 0.05, "negatives": "batch", "popularity_prior": False,
-    "persona_weight": 0.0,
-}  # fmt: skip
+TRAIN = TrainConfig(epochs=3, batch_size=32, lr=5e-3, weight_decay=0.0, warmup_ratio=0.0, patience=3,
+                    metric="persona_recall@10", seed=0, num_workers=2)  # fmt: skip
+ENCODER = EncoderConfig(
+    temperature=0.05, mask=["persona", "item"], objective=ObjectiveConfig(target="persona", negatives="batch"),
+    profile=ProfileConfig(gamma_grid=[0.65, 1.0]),
+)
 
 
 def test_recency_weights_newest_counts_most():
@@ -176,7 +177,7 @@ def test_training_drives_persona_recall_from_chance_to_near_one(synthetic, ray_c
     spec = EncoderSpec("head", "unused", synthetic.dim, 64, 4, 0.65, "t1")
     vanilla = evaluate(synthetic, synthetic.persona_vectors, synthetic.interaction_vectors, 0.65)
     assert vanilla["persona_recall@10"] < 2 * chance(synthetic)["persona_recall@10"]
-    result = fit(synthetic, spec, SETTINGS, num_workers=2, storage=tmp_path, name="analytic", gamma_grid=[0.65, 1.0])
+    result = fit(synthetic, spec, TRAIN, ENCODER, storage=tmp_path, name="analytic")
     assert result.metrics["persona_recall@10"] > 0.95
     assert result.metrics["hr@10"] > 0.95
     assert [row["epoch"] for row in result.history] == [0, 1, 2]
@@ -188,10 +189,10 @@ def test_a_killed_worker_resumes_from_its_checkpoint(synthetic, ray_cluster, tmp
     import psutil
 
     spec = EncoderSpec("head", "unused", synthetic.dim, 64, 4, 0.65, "t1")
-    settings = {**SETTINGS, "epochs": 8, "batch_size": 16, "patience": 8}
+    train = TRAIN.model_copy(update={"epochs": 8, "batch_size": 16, "patience": 8})
     out: dict = {}
     thread = threading.Thread(
-        target=lambda: out.update(result=fit(synthetic, spec, settings, num_workers=2, storage=tmp_path, name="kill"))
+        target=lambda: out.update(result=fit(synthetic, spec, train, ENCODER, storage=tmp_path, name="kill"))
     )
     thread.start()
     deadline = time.time() + 240
@@ -207,7 +208,7 @@ def test_a_killed_worker_resumes_from_its_checkpoint(synthetic, ray_cluster, tmp
     result = out["result"]
     resumed = [row for row in result.history if row["resumed_from"] > 0]
     assert resumed, "the run never restarted from a checkpoint"
-    assert max(row["epoch"] for row in result.history) == settings["epochs"] - 1
+    assert max(row["epoch"] for row in result.history) == train.epochs - 1
     assert result.metrics["persona_recall@10"] > 0.9
 
 

@@ -9,21 +9,20 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from persona4rec.jobs.candidates import job as candidates_job
+from persona4rec import jobs
 from persona4rec.jobs.evaluate import job as evaluate_job
-from persona4rec.jobs.train import job as train_job
 from tests.conftest import benchmark_script
 
 
 @pytest.fixture(scope="module")
 def evaluated(mi_pipeline, vllm_engine):
     config, _ = mi_pipeline
-    trained = train_job.run(config(), progress=False)  # reused when the training tests ran first
-    version = trained.manifest.counts["mlflow"]["version"]
+    trained = jobs.run("train", config(), progress=False)  # reused when the training tests ran first
+    version = trained.summary.mlflow["version"]
     cfg = config(f"index.encoder_version={version}", "evaluate.listwise.users=4", "evaluate.bootstrap=200",
                  "evaluate.permutations=500")  # fmt: skip
-    cands = candidates_job.run(cfg, progress=False)
-    result = evaluate_job.run(cfg, progress=False, engine=vllm_engine)
+    cands = jobs.run("candidates", cfg, progress=False)
+    result = jobs.run("evaluate", cfg, progress=False, engine=vllm_engine)
     return cfg, cands, result
 
 
@@ -31,7 +30,7 @@ def test_candidates_are_unseen_unpadded_and_sorted(evaluated):
     cfg, cands, _ = evaluated
     table = pq.read_table(cands.table("candidates")).to_pylist()
     inter = pq.read_table(
-        candidates_job.prepare_job.locate(cfg).table("interactions"), columns=["user_id", "item_id", "split"]
+        jobs.locate("prepare", cfg).table("interactions"), columns=["user_id", "item_id", "split"]
     ).to_pylist()
     seen: dict[tuple[str, str], set[str]] = {}
     for r in inter:
@@ -45,9 +44,9 @@ def test_candidates_are_unseen_unpadded_and_sorted(evaluated):
         assert 0 < len(r["items"]) <= cfg.candidates.top_n and len(set(r["items"])) == len(r["items"])
         assert not set(r["items"]) & seen[(r["user_id"], r["split"])]
         assert r["scores"] == sorted(r["scores"], reverse=True)
-    counts = cands.manifest.counts
-    assert set(counts["generators"]["bpr"]["tried"][0]) >= {"l2", "valid_ndcg@20"}
-    assert len(counts["generators"]["bpr"]["tried"]) == 2  # the default grid: two l2 values
+    counts = cands.summary
+    assert set(counts.generators["bpr"]["tried"][0]) >= {"l2", "valid_ndcg@20"}
+    assert len(counts.generators["bpr"]["tried"]) == 2  # the default grid: two l2 values
 
 
 def test_metrics_table_agrees_with_the_candidate_lists(evaluated):
@@ -77,19 +76,19 @@ def test_metrics_table_agrees_with_the_candidate_lists(evaluated):
         "llm_listwise",
     }
     # a generator whose validation lists are too few to learn from says so instead of failing the stage
-    c = result.manifest.counts
+    c = result.summary
     for gen in ("popularity", "bpr", "lightgcn"):
         fitted = {r["reranker"] for r in rows if r["generator"] == gen} & {"learned", "learned_no_persona"}
-        assert fitted | set(c["learned_skipped"].get(gen, {})) == {"learned", "learned_no_persona"}
-        assert fitted == set(c["learned"].get(gen, {}))
+        assert fitted | set(c.learned_skipped.get(gen, {})) == {"learned", "learned_no_persona"}
+        assert fitted == set(c.learned.get(gen, {}))
     assert {r["segment"] for r in rows} == {"all", "warm_users", "cold_users", "head_items", "tail_items",
                                            "llm_sample"}  # fmt: skip
 
 
 def test_persona_reranker_equals_brute_force_max_over_personas(evaluated):
     cfg, cands, result = evaluated
-    scorers = evaluate_job.persona_scorers(cfg, evaluate_job._inputs(cfg)[0], result.manifest.counts["encoder"],
-                                           False)  # fmt: skip
+    found = {name: jobs.locate(name, cfg) for name in ("embed", "reason")}
+    scorers = evaluate_job.persona_scorers(cfg, found, result.summary.encoder, False)
     s = scorers["persona"]
     test = evaluate_job._lists(pq.read_table(cands.table("candidates")), "bpr", "test")
     hits = []
@@ -113,12 +112,12 @@ def test_report_plots_llm_latency_and_a_rerun_that_does_nothing(evaluated):
         assert heading in report
     for plot in ("metrics_at_k.png", "latency_quality.png", "segment_gains.png"):
         assert (result.folder / "plots" / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    llm = result.manifest.counts["llm"]
+    llm = result.summary.llm
     assert llm["users"] == 4 and llm["ok"] + llm["failed"] == 4
-    lat = result.manifest.counts["latency_ms"]
+    lat = result.summary.latency_ms
     assert lat["persona"]["requests"] > 0 and lat["llm_listwise"]["requests"] == 4
     assert lat["llm_listwise"]["p50"] > lat["persona"]["p50"]
-    again = evaluate_job.run(cfg, progress=False)
+    again = jobs.run("evaluate", cfg, progress=False)
     assert again.skipped and again.folder == result.folder
 
 
@@ -153,12 +152,12 @@ def test_listwise_answers_map_back_through_the_shown_order_and_bad_ones_are_boun
     # "3, 1, 3": shown positions 3 then 1, the repeat dropped, then the rest in first-stage order
     rest = [c for c in range(3) if c not in (shown[2], shown[0])]
     assert res.ranking["u1"] == [shown[2], shown[0], *rest]
-    assert res.ranking["u2"] == [0, 1, 2] and res.counts["failed"] == 1 and res.counts["ok"] == 1
+    assert res.ranking["u2"] == [0, 1, 2] and res.counts.failed == 1 and res.counts.ok == 1
     assert res.failures == {"a ranking entry is not a candidate number": 1}
     assert sum(1 for r in engine.requests if "Bad" in str(r.messages)) == 2  # bounded retries
     assert len(set(shown_order("u1", 20))) == 20 and shown_order("u1", 20) == shown_order("u1", 20)
     again = run()  # the valid answer comes from the cache, with its measured latency; the failed one is redone
-    assert again.counts["cached"] == 1 and again.ranking == res.ranking
+    assert again.counts.cached == 1 and again.ranking == res.ranking
     assert again.latency_ms["u1"] == pytest.approx(res.latency_ms["u1"])
     assert json.loads(ResultCache(tmp_path).load().popitem()[1]["payload"])
 
@@ -168,11 +167,11 @@ def test_a_listwise_generator_that_is_not_evaluated_is_refused_up_front(evaluate
 
     cfg, _, result = evaluated
     config, _ = mi_pipeline
-    bad = config(f"index.encoder_version={result.manifest.counts['encoder']['version']}",
+    bad = config(f"index.encoder_version={result.summary.encoder['version']}",
                  "evaluate.listwise.users=4", "evaluate.bootstrap=200", "evaluate.permutations=500",
                  "evaluate.generators=[bpr]", "evaluate.listwise.generator=lightgcn")  # fmt: skip
     with pytest.raises(StageUnavailable, match="listwise.generator 'lightgcn' is not among the evaluated"):
-        evaluate_job.run(bad, progress=False)
+        jobs.run("evaluate", bad, progress=False)
 
 
 def test_headline_judge_cost_is_scaled_from_its_sample_to_every_judgeable_interaction():
@@ -243,7 +242,7 @@ def test_headline_report_reads_the_run_it_is_given(evaluated, tmp_path):
                    "--gpu-llm", str(gpu)])  # fmt: skip
     report = (tmp_path / "report.md").read_text()
     assert "## Quality @10" in report and "Ratio of medians" in report and "| evaluate |" in report
-    persona_p50 = run.manifest("evaluate").counts["latency_ms"]["persona"]["p50"]
+    persona_p50 = run.manifest("evaluate").counts.latency_ms["persona"]["p50"]
     assert f"Against the GPU figure the ratio is **{500 / persona_p50:,.0f}×**" in report
     assert "| 3 | 500 | 700 (max) |" in report
     assert f"the {len(items)} items would take about {len(items) / 2.0 / 60:.1f} minutes at batch 4" in report

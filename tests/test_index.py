@@ -8,8 +8,9 @@ import pytest
 
 from persona4rec import schemas
 from persona4rec.config import IndexConfig
+from persona4rec.encoder.encode import text_sha
 from persona4rec.infra import milvus
-from persona4rec.jobs.index.build import assemble, build_version, plan_reuse, text_sha
+from persona4rec.jobs.index.build import assemble, build_version, plan_reuse
 from persona4rec.scoring import PersonaTable
 from persona4rec.serve.snapshot import Watcher
 

@@ -15,8 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from persona4rec import jobs
 from persona4rec.config import DefenceConfig, LLMConfig, ReasonConfig
-from persona4rec.jobs.reason import job as reason_job
 from persona4rec.reasoning import answers, screen
 from persona4rec.reasoning.cache import ResultCache
 from persona4rec.reasoning.prompts import load_prompts, review_line
@@ -243,7 +243,7 @@ def test_llama_cpp_compiles_the_v2_name_pattern_into_its_grammar():
 
 def _plant(cfg, text):
     """Plant ``text`` in front of the first sampled review of the first item; (item id, review id)."""
-    folder = reason_job.prepare_job.locate(cfg).folder / "review_samples"
+    folder = jobs.locate("prepare", cfg).folder / "review_samples"
     table = pq.read_table(folder)
     rows = table.to_pylist()
     first = min(r["item_id"] for r in rows)
@@ -265,20 +265,20 @@ def test_the_job_quarantines_planted_reviews_and_screens_cached_answers(mi_confi
     engine = ScriptedEngine(extractive_answer)
 
     # No defence: the extractive baseline turns the order into a persona, as in the issue.
-    result = reason_job.run(cfg_off, engine=engine, embed=embed, progress=False)
+    result = jobs.run("reason", cfg_off, engine=engine, embed=embed, progress=False)
     personas = pd.read_parquet(result.table("personas"))
     assert personas[personas.item_id == item].description.str.contains("IGNORE ALL PREVIOUS .* HACKED").any()
-    assert result.manifest.counts["reviews_quarantined"] == result.manifest.counts["personas_screened"] == 0
+    assert result.summary.reviews_quarantined == result.summary.personas_screened == 0
 
     # The persona screen alone: the same prompt, so the cached answer is reused, and screened here: its
     # persona restating the order is dropped, and so is the item, whose summary restates it too.
     cfg_personas = mi_config(EMBEDDER, "llm.engine=extractive", "reason.limit_items=3", off[0])
-    result = reason_job.run(cfg_personas, engine=engine, embed=embed, progress=False)
-    c = result.manifest.counts
-    assert c["spent_this_run"] == {} and c["personas_screened"] == 1
-    assert c["failures_by_reason"] == {"injection": 1}
-    [code] = c["personas_screened_by_reason"]  # the name if the review has no title, else the description
-    assert code in ("override", "not_audience") and c["personas_screened_by_reason"][code] == 1
+    result = jobs.run("reason", cfg_personas, engine=engine, embed=embed, progress=False)
+    c = result.summary
+    assert c.spent_this_run == {} and c.personas_screened == 1
+    assert c.failures_by_reason == {"injection": 1}
+    [code] = c.personas_screened_by_reason  # the name if the review has no title, else the description
+    assert code in ("override", "not_audience") and c.personas_screened_by_reason[code] == 1
     t = {name: pd.read_parquet(result.table(name)) for name in ("personas", "item_status")}
     assert not t["personas"].description.str.contains("IGNORE|HACKED").any() and item not in set(t["personas"].item_id)
     st = t["item_status"].set_index("item_id").loc[item]
@@ -288,10 +288,10 @@ def test_the_job_quarantines_planted_reviews_and_screens_cached_answers(mi_confi
     # The defaults: the planted review never reaches a prompt; it is counted and noted, with why.
     cfg = mi_config(EMBEDDER, "llm.engine=extractive", "reason.limit_items=3")
     calls = len(engine.requests)
-    result = reason_job.run(cfg, engine=engine, embed=embed, progress=False)
-    c = result.manifest.counts
-    assert c["reviews_quarantined"] == 1 and c["reviews_quarantined_by_reason"] == {"override": 1}
-    assert c["personas_screened"] == 0 and c["spent_this_run"]["personas"]["units"] == 1  # only that item redone
+    result = jobs.run("reason", cfg, engine=engine, embed=embed, progress=False)
+    c = result.summary
+    assert c.reviews_quarantined == 1 and c.reviews_quarantined_by_reason == {"override": 1}
+    assert c.personas_screened == 0 and c.spent_this_run["personas"]["units"] == 1  # only that item redone
     assert not any("IGNORE" in m["content"] for r in engine.requests[calls:] for m in r.messages)
     status = pd.read_parquet(result.table("item_status")).set_index("item_id")
     assert status.status[item] == "ok"
@@ -331,18 +331,18 @@ def test_paper_mode_summaries_that_took_orders_fail_their_item_new_or_cached(mi_
     common = (EMBEDDER, "reason.mode=paper", "reason.limit_items=3", "reason.max_attempts=2")
     engine = scripted()
     off = mi_config(*common, "reason.defences.screen_personas=false")
-    status = pd.read_parquet(reason_job.run(off, engine=engine, embed=embed, progress=False).table("item_status"))
+    status = pd.read_parquet(jobs.run("reason", off, engine=engine, embed=embed, progress=False).table("item_status"))
     assert status.status.tolist() == ["ok", "ok", "ok"]  # without the screen, the obeying summary is used
 
-    result = reason_job.run(mi_config(*common), engine=engine, embed=embed, progress=False)  # cached, screened
+    result = jobs.run("reason", mi_config(*common), engine=engine, embed=embed, progress=False)  # cached, screened
     status = pd.read_parquet(result.table("item_status"))
     assert status.status.tolist() == ["ok", "failed", "ok"]
     assert status.reason[1].startswith("summary failed: injection: summary override ('Ignore all previous")
-    assert result.manifest.counts["spent_this_run"] == {}
+    assert result.summary.spent_this_run == {}
 
     fresh = mi_config(*common, "reason.personas.text_chars=350")  # new keys: new answers, screened and retried
-    result = reason_job.run(fresh, engine=scripted(), embed=embed, progress=False)
+    result = jobs.run("reason", fresh, engine=scripted(), embed=embed, progress=False)
     status = pd.read_parquet(result.table("item_status"))
     assert status.status.tolist() == ["ok", "failed", "ok"]
     assert status.reason[1].startswith("summary failed: injection: summary override")
-    assert result.manifest.counts["spent_this_run"]["summary"]["failed"] == 1
+    assert result.summary.spent_this_run["summary"]["failed"] == 1

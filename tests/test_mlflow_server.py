@@ -16,6 +16,7 @@ from typing import NamedTuple
 import numpy as np
 import pytest
 
+from persona4rec import jobs
 from tests.conftest import _stop_group, free_port, wait_for_http
 
 pytestmark = pytest.mark.slow
@@ -80,19 +81,17 @@ def test_train_and_promote_against_an_authenticated_tracking_server(
 ):
     from persona4rec.encoder.model import Encoder
     from persona4rec.infra import mlflow as registry
-    from persona4rec.jobs.promote import job as promote_job
-    from persona4rec.jobs.train import job as train_job
 
     config, _ = mi_pipeline
     remote = (f"mlflow.tracking_uri={mlflow_server.uri}",
               f"mlflow.credentials_file={_credentials(tmp_path / 'creds.ini', mlflow_server.password)}")  # fmt: skip
     # Settings of its own, so that this session trains (and registers) an encoder of its own.
     cfg = config(*remote, "train.epochs=1", "train.seed=11", "train.num_workers=1", "encoder.profile.gamma_grid=[0.65]")
-    result = train_job.run(cfg, progress=False)
-    version = result.manifest.counts["mlflow"]["version"]
-    assert result.manifest.counts["mlflow"]["tracking_uri"] == mlflow_server.uri
+    result = jobs.run("train", cfg, progress=False)
+    version = result.summary.mlflow["version"]
+    assert result.summary.mlflow["tracking_uri"] == mlflow_server.uri
 
-    decision = promote_job.run(cfg)
+    decision = jobs.run("promote", cfg).summary
     assert decision.promoted and registry.champion(cfg) == version
     champion = registry.load_encoder(cfg)  # the model's files come back through the server
     texts = ["Persona: a drummer on a budget"]

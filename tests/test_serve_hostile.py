@@ -29,6 +29,7 @@ import pytest
 from anyio.from_thread import start_blocking_portal
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+from jsonschema import Draft202012Validator
 
 from persona4rec import schemas
 from persona4rec.config import load_config
@@ -143,18 +144,41 @@ class Client:
 
     def __init__(self, app, portal) -> None:
         self.app, self.portal = app, portal
+        self.contracts = _response_contracts(app.openapi())
 
     def __call__(self, method: str, target: str, *, content: bytes = b"", json: object = None,
                  headers: dict[str, str] | None = None) -> Answer:  # fmt: skip
         if json is not None:
             content, headers = _dumps(json).encode(), {"content-type": "application/json", **(headers or {})}
-        return self.many([(method, target, content, headers or {})])[0]
+        answer = self.many([(method, target, content, headers or {})])[0]
+        problem = self.breaks_contract(method, target, answer)
+        assert problem is None, problem
+        return answer
+
+    def breaks_contract(self, method: str, target: str, answer: Answer) -> str | None:
+        """Why a 200 answer does not match the response schema its route declares in /openapi.json."""
+        validator = self.contracts.get((method, target.partition("?")[0]))
+        if validator is None or answer.status_code != 200:
+            return None
+        errors = sorted(validator.iter_errors(_strict_json(answer.content)), key=lambda e: list(e.absolute_path))
+        return f"{method} {target}: {errors[0].message} at {list(errors[0].absolute_path)}" if errors else None
 
     def many(self, sent: list[Sent]) -> list[Answer]:
         return self.portal.call(_asgi_many, self.app, sent)
 
 
 _dumps = json.dumps
+
+
+def _response_contracts(openapi: dict) -> dict[tuple[str, str], Draft202012Validator]:
+    """(method, path) -> a validator of the route's declared 200 response (routes without path parameters)."""
+    out = {}
+    for path, methods in openapi["paths"].items():
+        for method, op in methods.items():
+            schema = op.get("responses", {}).get("200", {}).get("content", {}).get("application/json", {}).get("schema")
+            if schema and "{" not in path:
+                out[method.upper(), path] = Draft202012Validator({**schema, "components": openapi["components"]})
+    return out
 
 
 async def _asgi_many(app, sent: list[Sent]) -> list[Answer]:
@@ -218,6 +242,7 @@ def _send(client: Client, tally: Counter, failures: list, batch: list[tuple[str,
         elif sent[0] != "HEAD" and r.headers.get("content-type", "").startswith("application/json"):
             try:
                 _strict_json(r.content)
+                problem = client.breaks_contract(sent[0], sent[1], r)
             except ValueError as exc:
                 problem = f"{r.status_code} with a body that is not strict JSON ({exc})"
         if problem is not None:

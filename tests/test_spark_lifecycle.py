@@ -13,8 +13,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+from persona4rec import jobs
 from persona4rec.config import load_config
-from persona4rec.jobs.prepare import job
 
 REPO = Path(__file__).resolve().parents[1]
 A23 = Path(__file__).resolve().parent / "fixtures" / "amazon2023"
@@ -40,9 +40,8 @@ SCRIPT = textwrap.dedent(
     import psutil
     from pyspark import SparkContext
 
+    from persona4rec import jobs
     from persona4rec.config import load_config
-    from persona4rec.jobs.prepare import job
-
     me = psutil.Process()
     peak_java = 0
     watching = True
@@ -65,9 +64,9 @@ SCRIPT = textwrap.dedent(
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     cfg = load_config(json.loads(sys.argv[1]), dataset="amazon2023-musical-instruments").config
-    first = job.run(cfg, progress=False)
+    first = jobs.run("prepare", cfg, progress=False)
     after_first = children()
-    second = job.run(cfg, force=True, progress=False)  # a fresh JVM starts after the first one ended
+    second = jobs.run("prepare", cfg, force=True, progress=False)  # a fresh JVM starts after the first one ended
     watching = False
     watcher.join()
     print(json.dumps({
@@ -101,7 +100,7 @@ def test_prepare_stops_the_spark_and_the_jvm_it_started(tmp_path: Path):
 def test_prepare_leaves_a_running_session_alone(spark, tmp_path: Path):
     shared = ["spark.master=local[2]", "spark.shuffle_partitions=4", "spark.driver_memory=2g"]  # as in conftest
     cfg = load_config([*_overrides(tmp_path / "artifacts"), *shared], dataset="amazon2023-musical-instruments").config
-    result = job.run(cfg, progress=False)  # no session passed: it joins the one already running
+    result = jobs.run("prepare", cfg, progress=False)  # no session passed: it joins the one already running
     assert result.manifest.tables["reviews"]["rows"] == 9
     assert spark.range(5).count() == 5
     assert spark.sparkContext._jsc is not None

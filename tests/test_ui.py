@@ -24,12 +24,9 @@ import pyarrow.parquet as pq
 import pytest
 import uvicorn
 
+from persona4rec import jobs
 from persona4rec.artifacts import StageStore
 from persona4rec.config import load_config
-from persona4rec.jobs.candidates import job as candidates_job
-from persona4rec.jobs.evaluate import job as evaluate_job
-from persona4rec.jobs.index import job as index_job
-from persona4rec.jobs.train import job as train_job
 from persona4rec.serve import catalog as catalog_mod
 from persona4rec.serve.ui import anchor
 from tests.conftest import FAST, MUSICAL_INSTRUMENTS, free_port, wait_for_http
@@ -57,8 +54,8 @@ def _set(table: pa.Table, column: str, row: int, value: str) -> pa.Table:
 def site(mi_pipeline, tmp_path_factory):
     """The app on an index of a marked-up copy of the session's stages; yields (base URL, facts)."""
     config, _ = mi_pipeline
-    trained = train_job.run(config(), progress=False)  # reused when the training tests ran first
-    version = trained.manifest.counts["mlflow"]["version"]
+    trained = jobs.run("train", config(), progress=False)  # reused when the training tests ran first
+    version = trained.summary.mlflow["version"]
     source = config()
     root = tmp_path_factory.mktemp("ui-artifacts")
     for stage in ("prepare", "reason", "embed"):
@@ -88,9 +85,9 @@ def site(mi_pipeline, tmp_path_factory):
     _rewrite(prepare / "reviews", _set(reviews, "text", at, REVIEW_MARKUP))
 
     status = pq.read_table(reason / "item_status", columns=["status"])["status"].to_pylist()
-    built = index_job.run(cfg, progress=False)
-    candidates_job.run(cfg, progress=False)
-    evaluated = evaluate_job.run(cfg, progress=False)
+    built = jobs.run("index", cfg, progress=False)
+    jobs.run("candidates", cfg, progress=False)
+    evaluated = jobs.run("evaluate", cfg, progress=False)
 
     from persona4rec.serve.app import build
 
@@ -104,7 +101,7 @@ def site(mi_pipeline, tmp_path_factory):
         wait_for_http(f"{base}/ready", alive=thread.is_alive, what="the UI's server", timeout_s=60, poll_s=0.2)
         facts = {
             "cfg": cfg, "recommender": recommender, "item": item, "persona_id": persona_id, "review_id": review_id,
-            "personas_of_item": counts[item], "collection": built.manifest.counts["collection"],
+            "personas_of_item": counts[item], "collection": built.summary.collection,
             "encoder_version": version, "evaluation": evaluated.folder, "failed": status.count("failed"),
         }  # fmt: skip
         yield base, facts

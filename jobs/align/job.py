@@ -12,7 +12,6 @@ Valid and test interactions are never labelled: they are what the evaluation hol
 from __future__ import annotations
 
 import json
-import shutil
 from collections import defaultdict
 from typing import Any
 
@@ -21,60 +20,17 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from persona4rec import schemas
-from persona4rec.artifacts import Manifest, StageResult, StageStore, Timer, fingerprint, upstream
-from persona4rec.config import Config
-from persona4rec.jobs.prepare import job as prepare_job
-from persona4rec.jobs.reason import job as reason_job
-from persona4rec.jobs.reason.pool import Ledger, LLMWork, pool_factory
+from persona4rec.jobs.align.stage import AlignSummary
+from persona4rec.ray_actors.pool import Ledger, LLMWork, pool_factory
 from persona4rec.reasoning.cache import ResultCache
 from persona4rec.reasoning.prompts import fence_text, load_prompts
 from persona4rec.reasoning.units import judge_unit
-
-STAGE = "align"
-VERSION = 1
+from persona4rec.stage import Build
 
 
-AlignResult = StageResult  # this stage's published version
-
-
-def stage_config(cfg: Config) -> dict[str, Any]:
-    out: dict[str, Any] = {"mode": cfg.reason.mode}
-    if cfg.reason.mode == "paper":
-        out["align"] = cfg.align.model_dump(mode="json")
-        out["llm"] = cfg.llm.model_dump(mode="json", include={"engine", "model", "temperature", "seed"})
-        out["prompts"] = cfg.reason.prompts
-    return out
-
-
-def _inputs(cfg: Config) -> tuple[Any, Any, list[dict[str, Any]]]:
-    prepared, reasoned = prepare_job.locate(cfg), reason_job.locate(cfg)
-    return prepared, reasoned, [upstream("prepare", prepared), upstream("reason", reasoned)]
-
-
-def locate(cfg: Config) -> AlignResult:
-    """The finished labels for this configuration, for downstream stages."""
-    _, _, inputs = _inputs(cfg)
-    fp = fingerprint(STAGE, VERSION, stage_config(cfg), inputs)
-    return StageStore(cfg.artifacts_root / STAGE).locate(fp, f"no labels for {cfg.dataset}: run `p4r align` first")
-
-
-def run(
-    cfg: Config,
-    *,
-    engine: Any = None,
-    embed: Any = None,
-    force: bool = False,
-    retry_failed: bool = False,
-    progress: bool = True,
-) -> AlignResult:
-    prepared, reasoned, inputs = _inputs(cfg)
-    scfg = stage_config(cfg)
-    fp = fingerprint(STAGE, VERSION, scfg, inputs)
-    store = StageStore(cfg.artifacts_root / STAGE)
-    if not (force or retry_failed) and (reused := store.reuse(fp)) is not None:
-        return reused
-
-    timer = Timer()
+def build(b: Build, *, retry_failed: bool, engine: Any, embed: Any) -> AlignSummary:
+    cfg, prepared, reasoned = b.cfg, b.inputs["prepare"], b.inputs["reason"]
+    timer = b.timer
     with timer("read"):
         train = pq.read_table(prepared.table("interactions"))
         train = train.filter(pc.equal(train["split"], "train")).sort_by(
@@ -85,27 +41,17 @@ def run(
     for p in sorted(personas, key=lambda p: (p["item_id"], p["persona_index"])):
         by_item[p["item_id"]].append(p)
 
-    info: dict[str, Any] = {}
     spent: dict[str, Any] = {}
     with timer("label"):
         if cfg.reason.mode == "efficient":
             labels, counts = _from_evidence(train.to_pylist(), by_item)
         else:
             labels, counts, info, spent = _judge(
-                cfg, prepared, reasoned, train, by_item, engine, embed, progress, retry_failed
+                cfg, prepared, reasoned, train, by_item, engine, embed, b.progress, retry_failed
             )
-
-    tmp = store.begin(fp)
-    manifest = Manifest.start(STAGE, fp, cfg.hash(), scfg, inputs, **info)
-    try:
-        manifest.add_table(tmp, pa.Table.from_pylist(labels, schema=schemas.LABELS.arrow()), schemas.LABELS)
-        manifest.counts = {**counts, "spent_this_run": spent}
-        manifest.record(timer)
-        manifest.write(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return AlignResult(store.publish(tmp, fp), manifest, skipped=False)
+            b.environment(**info)
+    b.add_table(pa.Table.from_pylist(labels, schema=schemas.LABELS.arrow()), schemas.LABELS)
+    return AlignSummary(**counts, spent_this_run=spent)
 
 
 def _from_evidence(train: list[dict], by_item: dict[str, list[dict]]) -> tuple[list[dict], dict[str, Any]]:
@@ -156,7 +102,7 @@ def _judge(cfg, prepared, reasoned, train: pa.Table, by_item, engine, embed, pro
         earlier.append(row)
     if cfg.align.limit_interactions is not None:
         units = units[: cfg.align.limit_interactions]
-    ledger = Ledger(ResultCache(cfg.artifacts_root / STAGE / "cache"), retry_failed)
+    ledger = Ledger(ResultCache(cfg.artifacts_root / "align" / "cache"), retry_failed)
     rc = cfg.reason.model_copy(update={"max_attempts": cfg.align.max_attempts})
     work = LLMWork(cfg.model_copy(update={"reason": rc}), ledger, pool_factory(cfg, engine, embed), progress)
     try:

@@ -18,33 +18,12 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from persona4rec import schemas
-from persona4rec.artifacts import Manifest, StageResult, StageStore, Timer, fingerprint, upstream
+from persona4rec.artifacts import StageResult
 from persona4rec.cf.base import Generator, full_ranking, recommend
 from persona4rec.cf.data import Interactions
 from persona4rec.config import Config, stable_hash
-from persona4rec.jobs.prepare import job as prepare_job
-
-STAGE = "candidates"
-VERSION = 1
-
-CandidatesResult = StageResult
-
-
-def stage_config(cfg: Config) -> dict[str, Any]:
-    return cfg.candidates.model_dump(mode="json")  # num_workers too: data-parallel training learns other weights
-
-
-def _inputs(cfg: Config):
-    prepared = prepare_job.locate(cfg)
-    return prepared, [upstream("prepare", prepared)]
-
-
-def locate(cfg: Config) -> CandidatesResult:
-    _, inputs = _inputs(cfg)
-    fp = fingerprint(STAGE, VERSION, stage_config(cfg), inputs)
-    return StageStore(cfg.artifacts_root / STAGE).locate(
-        fp, f"no candidates for this configuration of {cfg.dataset}: run `p4r candidates`"
-    )
+from persona4rec.jobs.candidates.stage import CandidatesSummary
+from persona4rec.stage import Build
 
 
 def load_interactions(prepared: StageResult) -> Interactions:
@@ -66,49 +45,33 @@ def make(name: str, params: dict[str, Any], cfg: Config, storage: str, progress:
 
     if name == "popularity":
         return Popularity()
-    c = cfg.candidates
-    settings = {
-        "seed": c.seed, "eval_every": c.eval_every, "patience": c.patience, "top_n": c.top_n,
-        "eval_users": c.eval_users, "num_workers": c.num_workers, "progress": progress,
-        "storage": storage, "run_name": f"{name}-{stable_hash(params)[:12]}",
-    }  # fmt: skip
-    return EmbeddingGenerator(name, params, settings)
+    run_name = f"{name}-{stable_hash(params)[:12]}"
+    return EmbeddingGenerator(name, params, cfg.candidates, storage=storage, run_name=run_name, progress=progress)
 
 
-def run(cfg: Config, *, force: bool = False, progress: bool = True) -> CandidatesResult:
-    prepared, inputs = _inputs(cfg)
-    scfg = stage_config(cfg)
-    fp = fingerprint(STAGE, VERSION, scfg, inputs)
-    store = StageStore(cfg.artifacts_root / STAGE)
-    if not force and (done := store.reuse(fp)) is not None:
-        return done
+def build(b: Build) -> CandidatesSummary:
+    cfg, timer = b.cfg, b.timer
     if cfg.candidates.num_workers:
         from persona4rec.infra.ray import ensure_ray
 
         ensure_ray(cfg.ray)
-    timer = Timer()
     with timer("load"):
-        data = load_interactions(prepared)
-    manifest = Manifest.start(STAGE, fp, cfg.hash(), scfg, inputs)
-    with store.building(fp) as tmp:
-        tables, report = [], {}
-        for name in cfg.candidates.generators:
-            with timer(name):
-                gen, tried = fit_best(name, data, cfg, str((tmp / "ray").resolve()), progress)
-                tables.append(lists(gen, data, cfg.candidates.top_n, progress))
-            test = full_ranking(gen, data, "test", (10, cfg.candidates.top_n))
-            report[name] = {"params": gen.params, "tried": tried, "test_full_ranking": test}
-        shutil.rmtree(tmp / "ray", ignore_errors=True)
-        table = pa.concat_tables(tables)
-        manifest.add_table(tmp, table, schemas.CANDIDATES)
-        manifest.counts = {
-            "users": data.n_users, "items": data.n_items, "train_interactions": data.nnz, "generators": report,
-            "hit_rate": hit_rates(table),
-        }  # fmt: skip
-        manifest.record(timer)
-        manifest.write(tmp)
-        folder = store.publish(tmp, fp)
-    return CandidatesResult(folder, manifest, skipped=False)
+        data = load_interactions(b.inputs["prepare"])
+    storage = str((b.folder / "ray").resolve())
+    tables, report = [], {}
+    for name in cfg.candidates.generators:
+        with timer(name):
+            gen, tried = fit_best(name, data, cfg, storage, b.progress)
+            tables.append(lists(gen, data, cfg.candidates.top_n, b.progress))
+        test = full_ranking(gen, data, "test", (10, cfg.candidates.top_n))
+        report[name] = {"params": gen.params, "tried": tried, "test_full_ranking": test}
+    shutil.rmtree(b.folder / "ray", ignore_errors=True)
+    table = pa.concat_tables(tables)
+    b.add_table(table, schemas.CANDIDATES)
+    return CandidatesSummary(
+        users=data.n_users, items=data.n_items, train_interactions=data.nnz, top_n=cfg.candidates.top_n,
+        generators=report, hit_rate=hit_rates(table),
+    )  # fmt: skip
 
 
 def fit_best(name: str, data: Interactions, cfg: Config, storage: str, progress: bool):

@@ -10,9 +10,7 @@ flight, and a catalogue change re-embeds only what changed.
 
 from __future__ import annotations
 
-import shutil
 import time
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -20,54 +18,22 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from persona4rec import schemas
-from persona4rec.artifacts import Manifest, StageResult, StageStore, Timer, fingerprint, upstream
+from persona4rec.artifacts import StageResult
 from persona4rec.config import Config
 from persona4rec.errors import StageUnavailable
-from persona4rec.jobs.prepare import job as prepare_job
-from persona4rec.jobs.reason import job as reason_job
+from persona4rec.jobs.embed.stage import EmbedSummary
 from persona4rec.reasoning.cache import ResultCache, content_key
-from persona4rec.texts import TEXTS_VERSION, interaction_text, item_text, persona_text
+from persona4rec.stage import Build
+from persona4rec.texts import interaction_text, item_text, persona_text
 
-STAGE = "embed"
-VERSION = 1
 VECTOR_CACHE = pa.schema([("key", pa.string()), ("vector", schemas.VECTOR)])
 
-EmbedResult = StageResult
 
-
-def stage_config(cfg: Config) -> dict[str, Any]:
-    """What the vectors depend on (actor counts and batch sizes do not change them)."""
-    return {
-        "model": cfg.embed.model,
-        "max_length": cfg.embed.max_length,
-        "texts": TEXTS_VERSION,
-        "mode": cfg.reason.mode,
-    }
-
-
-def _inputs(cfg: Config):
-    prepared, reasoned = prepare_job.locate(cfg), reason_job.locate(cfg)
-    return prepared, reasoned, [upstream("prepare", prepared), upstream("reason", reasoned)]
-
-
-def locate(cfg: Config) -> EmbedResult:
-    _, _, inputs = _inputs(cfg)
-    fp = fingerprint(STAGE, VERSION, stage_config(cfg), inputs)
-    return StageStore(cfg.artifacts_root / STAGE).locate(fp, f"no embeddings for {cfg.dataset}: run `p4r embed` first")
-
-
-def run(cfg: Config, *, force: bool = False, progress: bool = True) -> EmbedResult:
-    prepared, reasoned, inputs = _inputs(cfg)
-    scfg = stage_config(cfg)
-    fp = fingerprint(STAGE, VERSION, scfg, inputs)
-    store = StageStore(cfg.artifacts_root / STAGE)
-    if not force and (reused := store.reuse(fp)) is not None:
-        return reused
-
-    timer = Timer()
+def build(b: Build) -> EmbedSummary:
+    cfg, timer = b.cfg, b.timer
     with timer("texts"):
-        tables = build_texts(cfg, prepared, reasoned)
-    cache = ResultCache(cfg.artifacts_root / STAGE / "cache", VECTOR_CACHE)
+        tables = build_texts(cfg, b.inputs["prepare"], b.inputs["reason"])
+    cache = ResultCache(cfg.artifacts_root / "embed" / "cache", VECTOR_CACHE)
     keys = {name: [_key(cfg, t) for t in table["text"].to_pylist()] for name, table in tables.items()}
     with timer("cache_read"):
         cached = cache.load_table()
@@ -78,35 +44,25 @@ def run(cfg: Config, *, force: bool = False, progress: bool = True) -> EmbedResu
             if key not in known:
                 todo.setdefault(key, text)
     with timer("embed"):
-        embedded = _embed(cfg, todo, cache, progress) if todo else 0
+        embedded = _embed(cfg, todo, cache, b.progress) if todo else 0
     embed_s = timer.timings.get("embed", 0.0)
 
     with timer("write"):
         vectors = cache.load_table()
         row_of = {k: i for i, k in enumerate(vectors["key"].to_pylist())}  # the newest row of a key wins
-        tmp = store.begin(fp)
-        manifest = Manifest.start(STAGE, fp, cfg.hash(), scfg, inputs)
-        try:
-            for name, table in tables.items():
-                rows = pa.array([row_of[k] for k in keys[name]], pa.int64())
-                out = table.append_column("vector", vectors["vector"].take(rows))
-                manifest.add_table(tmp, out, schemas.TABLES[name])
-            dim = len(vectors["vector"][0]) if len(vectors) else 0
-            manifest.counts = {
-                "texts": sum(len(k) for k in keys.values()),
-                "unique_texts": len({k for ks in keys.values() for k in ks}),
-                "embedded_this_run": embedded,
-                "from_cache": len({k for ks in keys.values() for k in ks}) - embedded,
-                "dim": dim,
-                "sentences_per_s": round(embedded / embed_s, 1) if embedded and embed_s else None,
-            }
-            manifest.record(timer)
-            manifest.write(tmp)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        for name, table in tables.items():
+            rows = pa.array([row_of[k] for k in keys[name]], pa.int64())
+            b.add_table(table.append_column("vector", vectors["vector"].take(rows)), schemas.TABLES[name])
     cache.compact()
-    return EmbedResult(store.publish(tmp, fp), manifest, skipped=False)
+    unique = len({k for ks in keys.values() for k in ks})
+    return EmbedSummary(
+        texts=sum(len(k) for k in keys.values()),
+        unique_texts=unique,
+        embedded_this_run=embedded,
+        from_cache=unique - embedded,
+        dim=len(vectors["vector"][0]) if len(vectors) else 0,
+        sentences_per_s=round(embedded / embed_s, 1) if embedded and embed_s else None,
+    )
 
 
 def _key(cfg: Config, text: str) -> str:

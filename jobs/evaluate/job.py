@@ -23,25 +23,21 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from persona4rec import ranking, schemas
-from persona4rec.artifacts import Manifest, StageResult, StageStore, Timer, fingerprint, upstream
+from persona4rec.artifacts import StageResult
 from persona4rec.config import Config
+from persona4rec.encoder.encode import encode_fn, histories, persona_rows
 from persona4rec.encoder.profile import profiles
 from persona4rec.errors import StageUnavailable
 from persona4rec.evaluation import metrics as M
-from persona4rec.evaluation.llm_listwise import PROMPT_VERSION as LISTWISE_PROMPT
 from persona4rec.evaluation.rerankers import Lists, PersonaScorer, first_stage, popularity
-from persona4rec.jobs.candidates import job as candidates_job
-from persona4rec.jobs.prepare import job as prepare_job
+from persona4rec.jobs.evaluate.stage import LEARNED, EvaluateSummary, listwise_llm, needs_personas, runs_listwise
 from persona4rec.scoring import PersonaTable, fuse, tune_fusion
+from persona4rec.stage import Build
 from persona4rec.texts import TEXTS_VERSION
 
-STAGE = "evaluate"
-VERSION = 2  # 2: learned rerankers, eval_ranks, one tie policy for fusion tuning
-PERSONA_RERANKERS = ("persona_vanilla", "persona", "persona_fused", "summary", "learned", "learned_no_persona")
-LEARNED = ("learned", "learned_no_persona")
 SEGMENTS = ("all", "warm_users", "cold_users", "head_items", "tail_items")
-
-EvaluateResult = StageResult
+#: The profile of a user for a split's item reads the interactions of these splits.
+BEFORE = {"test": ("train", "valid"), "valid": ("train",)}
 
 
 @dataclass
@@ -60,73 +56,9 @@ class Evaluation:
     counts: dict[str, Any] = field(default_factory=dict)
 
 
-def _runs_listwise(cfg: Config) -> bool:
-    return "llm_listwise" in cfg.evaluate.rerankers and cfg.evaluate.listwise.users > 0
-
-
-def listwise_llm(cfg: Config):
-    """The LLM the listwise reranker runs: evaluate.listwise.llm, else the llm section."""
-    chosen = cfg.evaluate.listwise.llm or cfg.llm
-    if chosen.engine == "extractive":
-        raise StageUnavailable(
-            "the llm_listwise reranker needs an LLM: llm.engine is the extractive baseline; set "
-            "evaluate.listwise.llm (e.g. -c conf/experiments/extractive-personas.yaml) or leave llm_listwise out"
-        )
-    return chosen
-
-
-def _needs_personas(cfg: Config) -> bool:
-    return any(r in PERSONA_RERANKERS for r in cfg.evaluate.rerankers)
-
-
-def _encoder_ref(cfg: Config) -> dict[str, str] | None:
-    if not any(r in ("persona", "persona_fused", "summary", *LEARNED) for r in cfg.evaluate.rerankers):
-        return None
-    from persona4rec.jobs.index.job import encoder_ref as ref
-
-    return ref(cfg)
-
-
-def stage_config(cfg: Config, encoder: dict[str, str] | None) -> dict[str, Any]:
-    doc: dict[str, Any] = {"evaluate": cfg.evaluate.model_dump(mode="json"), "encoder": encoder, "texts": TEXTS_VERSION}
-    doc["evaluate"].pop("log_to_mlflow")
-    if _needs_personas(cfg):
-        doc["profile"] = cfg.encoder.profile.model_dump(mode="json")
-    if _runs_listwise(cfg):
-        doc["listwise_llm"] = listwise_llm(cfg).model_dump(
-            mode="json", include={"engine", "model", "temperature", "seed"}
-        )
-        doc["listwise_prompt"] = LISTWISE_PROMPT
-    return doc
-
-
-def _inputs(cfg: Config) -> tuple[dict[str, StageResult], list[dict[str, Any]]]:
-    found = {"candidates": candidates_job.locate(cfg), "prepare": prepare_job.locate(cfg)}
-    if _needs_personas(cfg):
-        from persona4rec.jobs.embed import job as embed_job
-        from persona4rec.jobs.reason import job as reason_job
-
-        found["embed"], found["reason"] = embed_job.locate(cfg), reason_job.locate(cfg)
-    return found, [upstream(name, result) for name, result in found.items()]
-
-
-def locate(cfg: Config) -> EvaluateResult:
-    _, inputs = _inputs(cfg)
-    fp = fingerprint(STAGE, VERSION, stage_config(cfg, _encoder_ref(cfg)), inputs)
-    return StageStore(cfg.artifacts_root / STAGE).locate(fp, f"no evaluation of {cfg.dataset}: run `p4r evaluate`")
-
-
-def run(cfg: Config, *, force: bool = False, progress: bool = True, engine: Any = None) -> EvaluateResult:
-    """``engine``: an LLM engine for the listwise reranker instead of one built from :func:`listwise_llm`."""
-    found, inputs = _inputs(cfg)
-    ref = _encoder_ref(cfg)
-    scfg = stage_config(cfg, ref)
-    fp = fingerprint(STAGE, VERSION, scfg, inputs)
-    store = StageStore(cfg.artifacts_root / STAGE)
-    if not force and (done := store.reuse(fp)) is not None:
-        return done
-
-    timer = Timer()
+def build(b: Build, engine: Any) -> EvaluateSummary:
+    cfg, found, timer, progress = b.cfg, b.inputs, b.timer, b.progress
+    ref = b.manifest.stage_config["encoder"]
     ev = Evaluation()
     with timer("load"):
         cand = pq.read_table(found["candidates"].table("candidates"))
@@ -139,13 +71,13 @@ def run(cfg: Config, *, force: bool = False, progress: bool = True, engine: Any 
     if missing:
         raise StageUnavailable(f"evaluate.generators {missing}: `p4r candidates` made only {made}")
     llm_gen = cfg.evaluate.listwise.generator or generators[-1]
-    if _runs_listwise(cfg) and llm_gen not in generators:
+    if runs_listwise(cfg) and llm_gen not in generators:
         raise StageUnavailable(f"evaluate.listwise.generator {llm_gen!r} is not among the evaluated {generators}")
     user_count, item_count, train_pop = _counts(inter)
     known = _known(inter)
 
     scorers: dict[str, _Scorer] = {}
-    if _needs_personas(cfg):
+    if needs_personas(cfg):
         with timer("personas"):
             scorers = persona_scorers(cfg, found, ref, progress)
 
@@ -201,7 +133,7 @@ def run(cfg: Config, *, force: bool = False, progress: bool = True, engine: Any 
                 "target_in_candidates": int((test.target_col >= 0).sum()),
                 "segments": {k: int(v.sum()) for k, v in masks.items()},
             }
-    if _runs_listwise(cfg):
+    if runs_listwise(cfg):
         with timer("llm_listwise"):
             ev.rows += llm_rows(cfg, found, llm_gen, _lists(cand, llm_gen, "test"), scorers, train_pop, known, ev,
                                 engine, progress)  # fmt: skip
@@ -211,37 +143,61 @@ def run(cfg: Config, *, force: bool = False, progress: bool = True, engine: Any 
             _lists(cand, llm_gen, "test"), cfg.evaluate.latency_users, rng_seed
         )
 
-    manifest = Manifest.start(STAGE, fp, cfg.hash(), scfg, inputs)
-    with store.building(fp) as tmp:
-        manifest.add_table(
-            tmp, pa.Table.from_pylist(ev.rows, schema=schemas.EVAL_METRICS.arrow()), schemas.EVAL_METRICS
-        )
-        manifest.add_table(tmp, pa.Table.from_pydict(ev.ranks, schema=schemas.EVAL_RANKS.arrow()), schemas.EVAL_RANKS)
-        manifest.counts = {"generators": ev.counts, "fusion": ev.fusion, "llm": ev.llm, "encoder": ref,
-                           "latency_ms": {k: _summary(v) for k, v in ev.latency_ms.items()},
-                           "learned": {g: {n: _learned_summary(m) for n, m in ms.items()}
-                                       for g, ms in ev.learned.items()},
-                           "learned_skipped": ev.learned_skipped,
-                           "persona_features_p": ev.persona_features}  # fmt: skip
-        for gen, models in ev.learned.items():
-            for name, model in models.items():
-                model.save(tmp / "rerankers" / gen / name)
-        from persona4rec.evaluation.report import write_report
+    b.add_table(pa.Table.from_pylist(ev.rows, schema=schemas.EVAL_METRICS.arrow()), schemas.EVAL_METRICS)
+    b.add_table(pa.Table.from_pydict(ev.ranks, schema=schemas.EVAL_RANKS.arrow()), schemas.EVAL_RANKS)
+    for gen, models in ev.learned.items():
+        for name, model in models.items():
+            model.save(b.folder / "rerankers" / gen / name)
+    from persona4rec.evaluation.report import write_report
 
-        with timer("report"):
-            write_report(tmp, ev, cfg, manifest, found)
-        manifest.record(timer)
-        manifest.write(tmp)
-        folder = store.publish(tmp, fp)
-    if cfg.evaluate.log_to_mlflow or ev.learned:
-        from persona4rec.infra import mlflow as registry
+    with timer("report"):
+        write_report(b.folder, ev, cfg, b.manifest, found)
+    return EvaluateSummary(
+        generators=ev.counts,
+        fusion=ev.fusion,
+        llm=ev.llm,
+        encoder=ref,
+        latency_ms={k: _summary(v) for k, v in ev.latency_ms.items()},
+        learned={g: {n: _learned_summary(m) for n, m in ms.items()} for g, ms in ev.learned.items()},
+        learned_skipped=ev.learned_skipped,
+        persona_features_p=ev.persona_features,
+    )
 
-        if cfg.evaluate.log_to_mlflow:
-            registry.log_evaluation(cfg, folder, ev.rows, manifest)
-        for gen, models in ev.learned.items():
-            if "learned" in models and ref is not None:  # what the service loads with this encoder
-                registry.log_reranker(cfg, ref["version"], folder / "rerankers" / gen / "learned", gen, fp)
-    return EvaluateResult(folder, manifest, skipped=False)
+
+def log(cfg: Config, result: StageResult) -> None:
+    """The evaluation into MLflow (evaluate.log_to_mlflow), and each generator's learned reranker into the
+    encoder version's run: what the service loads with that encoder."""
+    s: EvaluateSummary = result.summary
+    if not (cfg.evaluate.log_to_mlflow or s.learned):
+        return
+    from persona4rec.infra import mlflow as registry
+
+    if cfg.evaluate.log_to_mlflow:
+        rows = pq.read_table(result.table("eval_metrics")).to_pylist()
+        registry.log_evaluation(cfg, result.folder, rows, result.manifest)
+    for gen, models in s.learned.items():
+        if "learned" in models and s.encoder is not None:
+            path = result.folder / "rerankers" / gen / "learned"
+            registry.log_reranker(cfg, s.encoder["version"], path, gen, result.manifest.fingerprint)
+
+
+def headline(cfg: Config, result: StageResult) -> list[str]:
+    """NDCG@10 of every reranker per generator with its interval (* significant against the first stage),
+    and the latency of one request."""
+    rows = [r for r in pq.read_table(result.table("eval_metrics")).to_pylist() if r["segment"] == "all"]
+    out = [f"  report {result.folder / 'report.md'}, plots in {result.folder / 'plots'}"]
+    for gen in dict.fromkeys(r["generator"] for r in rows):
+        out.append(f"  {gen}:")
+        for r in rows:
+            if r["generator"] == gen and r["metric"] == "ndcg@10" and r["value"] is not None:
+                star = "*" if r["p_value"] is not None and r["p_value"] < cfg.evaluate.alpha else " "
+                out.append(
+                    f"    {r['reranker']:<16} NDCG@10 {r['value']:.4f}{star} [{r['ci_low']:.4f}, {r['ci_high']:.4f}]"
+                )
+    lat = result.summary.latency_ms
+    if lat:
+        out.append("  latency p50: " + ", ".join(f"{k} {v['p50']:.3g} ms" for k, v in lat.items() if v))
+    return out
 
 
 # ------------------------------------------------------------------------------------------- inputs
@@ -338,13 +294,12 @@ class _Scorer:
 def persona_scorers(cfg: Config, found: dict[str, StageResult], ref, progress: bool) -> dict[str, _Scorer]:
     """Persona tables and user profiles (before test, before valid) for each persona reranker asked for."""
     from persona4rec.encoder.model import Encoder
-    from persona4rec.jobs.index.job import encoder_fn, index_rows
 
     embedded, reasoned = found["embed"], found["reason"]
     inter = pq.read_table(embedded.table("interaction_vectors")).sort_by(
         [("user_id", "ascending"), ("position", "ascending")]
     )
-    rows, persona_base = index_rows(embedded, reasoned)
+    rows, persona_base = persona_rows(embedded, reasoned)
     items = pq.read_table(embedded.table("item_vectors"))
     wanted = set(cfg.evaluate.rerankers)
     encoders = {}
@@ -363,14 +318,15 @@ def persona_scorers(cfg: Config, found: dict[str, StageResult], ref, progress: b
         if "summary" in wanted:
             encoders["summary"] = tuned
 
-    history = _histories(inter, cfg.encoder.profile.history)
+    width = cfg.encoder.profile.history
+    history = {split: histories(inter, before, width)[:3] for split, before in BEFORE.items()}
     inter_texts = inter["text"].to_pylist()
     inter_base = schemas.arrow_to_vectors(inter["vector"])
     out: dict[str, _Scorer] = {}
     for name, enc in encoders.items():
         if name == "summary":
             texts = items["text"].to_pylist()
-            encode = encoder_fn(cfg, enc, texts, schemas.arrow_to_vectors(items["vector"]), progress,
+            encode = encode_fn(cfg, enc, texts, schemas.arrow_to_vectors(items["vector"]), progress,
                                 "evaluate: summaries")  # fmt: skip
             ids = items["item_id"].to_pylist()
             table = PersonaTable(
@@ -384,14 +340,14 @@ def persona_scorers(cfg: Config, found: dict[str, StageResult], ref, progress: b
                 continue
         else:
             texts = rows["text"].to_pylist()
-            encode = encoder_fn(cfg, enc, texts, persona_base, progress, f"evaluate: {name} personas")
+            encode = encode_fn(cfg, enc, texts, persona_base, progress, f"evaluate: {name} personas")
             table = PersonaTable(
                 persona_ids=rows["persona_id"].to_pylist(), item_of=rows["item_id"].to_pylist(),
                 vectors=encode(np.arange(len(texts))), names=rows["name"].to_pylist(),
                 descriptions=rows["description"].to_pylist(), rationales=rows["rationale"].to_pylist(),
                 evidence=rows["evidence"].to_pylist(), kinds=rows["kind"].to_pylist(),
             )  # fmt: skip
-        encode_inter = encoder_fn(cfg, enc, inter_texts, inter_base, progress, f"evaluate: {name} interactions")
+        encode_inter = encode_fn(cfg, enc, inter_texts, inter_base, progress, f"evaluate: {name} interactions")
         prof = {}
         for split, (users, hist, lengths) in history.items():
             needed = np.unique(hist[hist >= 0])
@@ -403,24 +359,6 @@ def persona_scorers(cfg: Config, found: dict[str, StageResult], ref, progress: b
         out[name] = _Scorer(table, prof["test"], prof["valid"])
     if "persona_fused" in wanted and "persona" not in out:
         raise StageUnavailable("persona_fused needs the persona reranker's encoder")
-    return out
-
-
-def _histories(inter: pa.Table, width: int) -> dict[str, tuple[list[str], np.ndarray, np.ndarray]]:
-    """For 'test' and 'valid': each user's latest ``width`` interaction rows before that split's item."""
-    users = inter["user_id"].to_pylist()
-    splits = inter["split"].to_pylist()
-    before = {"test": ("train", "valid"), "valid": ("train",)}
-    rows: dict[str, dict[str, list[int]]] = {"test": {}, "valid": {}}
-    for r, (u, s) in enumerate(zip(users, splits, strict=True)):
-        for split, allowed in before.items():
-            if s in allowed:
-                rows[split].setdefault(u, []).append(r)
-    out = {}
-    for split, per_user in rows.items():
-        ids = sorted(per_user)
-        hist, lengths = ranking.windows([per_user[u] for u in ids], width)
-        out[split] = (ids, hist, lengths)
     return out
 
 
@@ -497,7 +435,7 @@ def llm_rows(cfg, found, generator, test: Lists, scorers, train_pop, known, ev: 
 
         engine = build_engine(listwise_llm(cfg))
     try:
-        cache = ResultCache(cfg.artifacts_root / STAGE / "llm_cache")
+        cache = ResultCache(cfg.artifacts_root / "evaluate" / "llm_cache")
         candidates = {u: [i for i in its if i] for u, its in zip(sample.user_ids, sample.items, strict=True)}
         res = rerank_users(
             engine, list(sample.user_ids), history, candidates, texts, cache,

@@ -8,7 +8,6 @@ of self-queries). If anything fails the half-built version is dropped; the alias
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -32,20 +31,6 @@ class Reuse:
     live: str | None
     rows: np.ndarray  # indices into the new rows
     vectors: np.ndarray  # (len(rows), d)
-
-
-@dataclass(frozen=True)
-class BuildReport:
-    name: str
-    rows: int
-    copied: int
-    encoded: int
-    checked: int
-    timings_s: dict[str, float]
-
-
-def text_sha(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 
 def plan_reuse(client: Any, alias: str, rows: pa.Table, encoder: str) -> Reuse:

@@ -7,7 +7,6 @@ leave-one-out split -> per-item LLM review samples -> items. Every input line en
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -16,85 +15,39 @@ from pyspark.sql import functions as F
 from tqdm import tqdm
 
 from persona4rec import schemas
-from persona4rec.artifacts import Manifest, StageResult, StageStore, Timer, fingerprint
+from persona4rec.artifacts import Timer
 from persona4rec.config import Config
-from persona4rec.datasets import ResolvedFile, checked_inputs, resolve_files
-from persona4rec.errors import Persona4RecError, StageUnavailable
+from persona4rec.datasets import ResolvedFile, resolve_files
+from persona4rec.errors import Persona4RecError
 from persona4rec.infra.spark import conform, stage_session
 from persona4rec.jobs.prepare import clean, readers
 from persona4rec.jobs.prepare.kcore import k_core
 from persona4rec.jobs.prepare.samples import review_samples
 from persona4rec.jobs.prepare.split import leave_one_out, tie_counts
+from persona4rec.jobs.prepare.stage import PrepareSummary
+from persona4rec.stage import Build
 
-STAGE = "prepare"
-VERSION = 1  # bump when the output of the same input and config changes
 TABLES = (schemas.REVIEWS, schemas.ITEMS, schemas.INTERACTIONS, schemas.REVIEW_SAMPLES, schemas.QUARANTINE)
 _STEPS = ("read", "clean", "k-core", "split", "samples", "items", "write", "validate")
 
 
-PrepareResult = StageResult  # this stage's published version
+def build(b: Build, spark: SparkSession | None) -> PrepareSummary:
+    """Prepare the corpus into ``b.folder`` on ``spark``, or on a session started (and stopped) here.
 
-
-def stage_config(cfg: Config) -> dict[str, Any]:
-    """The configuration that determines prepare's output (not where files live, not Spark tuning)."""
-    data = cfg.data.model_dump(mode="json", include={"format", "file_format", "columns", "timestamp_unit"})
-    data["files"] = {
-        "reviews": cfg.data.reviews.filename,
-        "metadata": cfg.data.metadata.filename if cfg.data.metadata else None,
-    }
-    # where it runs, and whether it may publish, not what it writes
-    prepare = cfg.prepare.model_dump(mode="json", exclude={"k_core_driver_max_pairs", "min_kept_share"})
-    return {"data": data, "prepare": prepare}
-
-
-def run(cfg: Config, *, spark: SparkSession | None = None, force: bool = False, progress: bool = True) -> PrepareResult:
-    """Prepare the corpus, or return the existing version when inputs and config are unchanged.
-
-    Without ``spark``, the stage runs on the process's session and, if it started that session, stops it
-    (and its JVM) when done. A result that keeps too little of the input (``prepare.min_kept_share``, or
-    nothing at all) raises :class:`Persona4RecError` and publishes nothing: ``CURRENT`` stays where it was.
+    A result that keeps too little of the input (``prepare.min_kept_share``, or nothing at all) raises
+    :class:`Persona4RecError`, so nothing is published and ``CURRENT`` stays where it was.
     """
-    files = resolve_files(cfg)
-    inputs = checked_inputs(cfg, files, progress=progress)
-    scfg = stage_config(cfg)
-    fp = fingerprint(STAGE, VERSION, scfg, inputs)
-    store = StageStore(cfg.artifacts_root / STAGE)
-    if not force and (reused := store.reuse(fp)) is not None:
-        return reused
-
-    with stage_session(cfg.spark, spark) as session:
-        tmp = store.begin(fp)
-        manifest = Manifest.start(
-            STAGE, fp, cfg.hash(), scfg, inputs, spark=session.version, spark_master=session.sparkContext.master
-        )
+    files = resolve_files(b.cfg)
+    with stage_session(b.cfg.spark, spark) as session:
+        b.environment(spark=session.version, spark_master=session.sparkContext.master)
         try:
-            _build(session, cfg, files, tmp, manifest, progress)
-            manifest.write(tmp)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            return _build(session, b.cfg, files, b, b.progress)
         finally:
             session.catalog.clearCache()
-    folder = store.publish(tmp, fp)
-    return PrepareResult(folder, manifest, skipped=False)
 
 
-def locate(cfg: Config) -> PrepareResult:
-    """The finished prepare output for this configuration and these input files, for downstream stages."""
-    files = resolve_files(cfg)
-    fp = fingerprint(STAGE, VERSION, stage_config(cfg), checked_inputs(cfg, files))
-    done = StageStore(cfg.artifacts_root / STAGE).complete(fp)
-    if done is None:
-        raise StageUnavailable(
-            f"no prepared corpus for this configuration of {cfg.dataset}: run `p4r prepare` first (or `p4r run`)"
-        )
-    return PrepareResult(done, Manifest.read(done), skipped=True)
-
-
-def _build(
-    spark: SparkSession, cfg: Config, files: list[ResolvedFile], out: Path, manifest: Manifest, progress: bool
-) -> None:
-    timer = Timer()
+def _build(spark: SparkSession, cfg: Config, files: list[ResolvedFile], b: Build, progress: bool) -> PrepareSummary:
+    timer, out = b.timer, b.folder
     bar = tqdm(total=len(_STEPS), desc="prepare", unit="step", disable=not progress)
 
     def step(name: str) -> Timer:
@@ -207,9 +160,8 @@ def _build(
     bar.update()
     bar.close()
 
-    manifest.tables = {name: {"path": name, "rows": n} for name, n in rows_written.items()}
-    manifest.counts = counts
-    manifest.record(timer)
+    b.manifest.tables = {name: {"path": name, "rows": n} for name, n in rows_written.items()}
+    return PrepareSummary(**counts)
 
 
 def _items(interactions: DataFrame, train_reviews: DataFrame, samples: DataFrame, meta: DataFrame | None) -> DataFrame:

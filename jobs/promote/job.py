@@ -7,45 +7,20 @@ recorded on the candidate's model version (tag ``promotion``) and as an artifact
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import UTC, datetime
 
 import numpy as np
 
 from persona4rec.config import Config
-from persona4rec.encoder.data import AlignmentData
+from persona4rec.encoder.data import AlignmentData, load
 from persona4rec.encoder.model import Encoder
 from persona4rec.encoder.train_loop import encoder_vectors
 from persona4rec.encoder.validate import evaluate
 from persona4rec.errors import StageUnavailable
-from persona4rec.jobs.align import job as align_job
-from persona4rec.jobs.candidates import job as candidates_job
-from persona4rec.jobs.embed import job as embed_job
-from persona4rec.jobs.train.job import load_data
+from persona4rec.jobs.promote.stage import Promotion
+from persona4rec.stage import Build
 from persona4rec.texts import TEXTS_VERSION
-
-
-@dataclass(frozen=True)
-class Promotion:
-    model: str
-    metric: str
-    candidate: str
-    candidate_score: float
-    champion: str | None
-    champion_score: float | None
-    promoted: bool
-    reason: str
-    at: str
-
-    def table(self) -> str:
-        rows = [
-            f"{'':<11}{'version':>8}  {self.metric:>18}",
-            f"{'candidate':<11}{self.candidate:>8}  {self.candidate_score:>18.4f}",
-        ]
-        if self.champion is not None:
-            rows.append(f"{'champion':<11}{self.champion:>8}  {self.champion_score:>18.4f}")
-        rows.append(("promoted: " if self.promoted else "kept: ") + self.reason)
-        return "\n".join(rows)
 
 
 def score(encoder: Encoder, data: AlignmentData, cfg: Config, metric: str) -> float:
@@ -65,27 +40,29 @@ def score(encoder: Encoder, data: AlignmentData, cfg: Config, metric: str) -> fl
     return evaluate(data, personas, interactions, encoder.spec.gamma)[metric]
 
 
-def run(cfg: Config, version: str | None = None) -> Promotion:
+def decide(b: Build) -> Promotion:
+    """Score the candidate and the champion named in the stage config, and move the alias if it wins."""
     from persona4rec.infra import mlflow as registry
 
-    candidate = version or registry.latest_version(cfg)
-    current = registry.champion(cfg)
-    metric = cfg.train.metric
-    data = load_data(cfg, embed_job.locate(cfg), align_job.locate(cfg), candidates_job.locate(cfg))
-    cand_score = score(registry.load_encoder(cfg, candidate), data, cfg, metric)
-    champ_score = None
-    if current is None:
-        promoted, reason = True, "no champion yet"
-    elif current == candidate:
-        champ_score, promoted, reason = cand_score, False, f"version {candidate} is already the champion"
-    else:
-        champ_score = score(registry.load_encoder(cfg, current), data, cfg, metric)
-        promoted = cand_score > champ_score
-        reason = (
-            f"{metric} {cand_score:.4f} > {champ_score:.4f}"
-            if promoted
-            else f"{metric} {cand_score:.4f} does not beat the champion's {champ_score:.4f}"
-        )
+    cfg, chosen = b.cfg, b.manifest.stage_config
+    candidate, current, metric = chosen["candidate"], chosen["champion"], chosen["metric"]
+    with b.timer("load"):
+        data = load(cfg, b.inputs["embed"], b.inputs["align"], b.inputs["candidates"])
+    with b.timer("score"):
+        cand_score = score(registry.load_encoder(cfg, candidate), data, cfg, metric)
+        champ_score = None
+        if current is None:
+            promoted, reason = True, "no champion yet"
+        elif current == candidate:
+            champ_score, promoted, reason = cand_score, False, f"version {candidate} is already the champion"
+        else:
+            champ_score = score(registry.load_encoder(cfg, current), data, cfg, metric)
+            promoted = cand_score > champ_score
+            reason = (
+                f"{metric} {cand_score:.4f} > {champ_score:.4f}"
+                if promoted
+                else f"{metric} {cand_score:.4f} does not beat the champion's {champ_score:.4f}"
+            )
     decision = Promotion(
         cfg.registered_model, metric, candidate, cand_score, current, champ_score, promoted, reason,
         datetime.now(UTC).isoformat(timespec="seconds"),

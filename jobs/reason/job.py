@@ -19,7 +19,6 @@ cached or new, that took such orders is dropped (noted ``screened:``); both are 
 from __future__ import annotations
 
 import json
-import shutil
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -28,71 +27,28 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from persona4rec import schemas
-from persona4rec.artifacts import Manifest, StageResult, StageStore, Timer, fingerprint
+from persona4rec.artifacts import StageResult
 from persona4rec.config import Config, stable_hash
-from persona4rec.errors import Persona4RecError, StageUnavailable
-from persona4rec.jobs.prepare import job as prepare_job
-from persona4rec.jobs.reason.pool import Ledger, LLMWork, pool_factory
+from persona4rec.errors import Persona4RecError
+from persona4rec.jobs.reason.stage import ReasonSummary, cache_dir, prompts_dir
+from persona4rec.ray_actors.pool import Ledger, LLMWork, pool_factory
 from persona4rec.reasoning import screen
 from persona4rec.reasoning.cache import PromptStore, ResultCache
 from persona4rec.reasoning.prompts import PromptSet, load_prompts
 from persona4rec.reasoning.units import Unit, aspects_unit, persona_unit, personas_from_aspects_unit, summary_unit
+from persona4rec.stage import Build
 
-STAGE = "reason"
-# 2: paper-mode aspect answers decoded with spaced JSON on vLLM (see the vLLM engine)
-# 3: item_status.llm_seconds and .notes (a cut persona is dropped, not the item; a cut aspect slot is nulled)
-# 4: an item still short of sound personas after its last attempt keeps them (notes "short:"), not failed
-VERSION = 4
 TABLES = ("summaries", "personas", "item_status", "aspects")
 
 
-ReasonResult = StageResult  # this stage's published version
-
-
-def stage_config(cfg: Config) -> dict[str, Any]:
-    """What determines reason's output: the reasoning settings and the model (not pool sizing, addresses or
-    seed caches, which only save work: answers are keyed by content)."""
-    reason = cfg.reason.model_dump(mode="json", exclude={"actors", "seed_caches"})
-    llm = cfg.llm.model_dump(mode="json", include={"engine", "model", "temperature", "seed", "max_model_len"})
-    return {"reason": reason, "llm": llm}
-
-
-def cache_dir(cfg: Config) -> Path:
-    return cfg.artifacts_root / STAGE / "cache"
-
-
-def prompts_dir(cfg: Config) -> Path:
-    """The prompt store beside the answer cache: what each cached answer was asked with."""
-    return cfg.artifacts_root / STAGE / "prompts"
-
-
-def run(
-    cfg: Config,
-    *,
-    engine: Any = None,
-    embed: Any = None,
-    force: bool = False,
-    retry_failed: bool = False,
-    progress: bool = True,
-) -> ReasonResult:
-    """Reason over every prepared item (or ``reason.limit_items``), reusing every cached answer.
-
-    ``engine`` (and ``embed``) run the work in this process instead of a Ray actor pool: tests inject
-    their session's engine this way.
-    """
-    upstream = prepare_job.locate(cfg)
-    scfg = stage_config(cfg)
-    inputs = [{"stage": "prepare", "path": str(upstream.folder), "sha256": upstream.manifest.fingerprint}]
-    fp = fingerprint(STAGE, VERSION, scfg, inputs)
-    store = StageStore(cfg.artifacts_root / STAGE)
-    if not (force or retry_failed) and (reused := store.reuse(fp)) is not None:
-        return reused
-
+def build(b: Build, *, retry_failed: bool, engine: Any, embed: Any) -> ReasonSummary:
+    """Reason over every prepared item (or ``reason.limit_items``), reusing every cached answer."""
+    cfg, upstream = b.cfg, b.inputs["prepare"]
     prompts = load_prompts(cfg.reason.prompts)
     seeds = [Path(folder).expanduser() for folder in cfg.reason.seed_caches]
     ledger = Ledger(ResultCache(cache_dir(cfg), seeds=seeds), retry_failed, PromptStore(prompts_dir(cfg)))
-    work = LLMWork(cfg, ledger, pool_factory(cfg, engine, embed), progress)
-    timer = Timer()
+    work = LLMWork(cfg, ledger, pool_factory(cfg, engine, embed), b.progress)
+    timer = b.timer
     try:
         with timer("read"):
             items, samples = _read(upstream, cfg.reason.limit_items)
@@ -109,6 +65,7 @@ def run(
         counts.update(_defence_counts(tables["item_status"], quarantined))
     finally:
         work.close()
+    b.environment(**work.info)
     if not tables["personas"]:
         failures = ", ".join(f"{why} {n}" for why, n in sorted(counts["failures_by_reason"].items()))
         raise Persona4RecError(
@@ -116,28 +73,17 @@ def run(
             "every answer is cached, so after fixing the cause (the model, reason.max_tokens, the prompts) "
             "`p4r reason --retry-failed` redoes only the failed ones"
         )
-
-
-    tmp = store.begin(fp)
-    manifest = Manifest.start(STAGE, fp, cfg.hash(), scfg, inputs, **{k: str(v) for k, v in work.info.items()})
-    try:
-        with timer("write"):
-            for name, rows in tables.items():
-                schema = getattr(schemas, name.upper())
-                manifest.add_table(tmp, pa.Table.from_pylist(rows, schema=schema.arrow()), schema)
-        manifest.counts = {**counts, "spent_this_run": {k: dict(v) for k, v in ledger.spent.items()}}
-        manifest.record(timer)
-        manifest.write(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with timer("write"):
+        for name, rows in tables.items():
+            schema = getattr(schemas, name.upper())
+            b.add_table(pa.Table.from_pylist(rows, schema=schema.arrow()), schema)
     ledger.cache.compact()
     if ledger.prompts is not None:
         ledger.prompts.compact()
-    return ReasonResult(store.publish(tmp, fp), manifest, skipped=False)
+    return ReasonSummary(**counts, spent_this_run={k: dict(v) for k, v in ledger.spent.items()})
 
 
-def _read(upstream: prepare_job.PrepareResult, limit: int | None) -> tuple[list[dict], dict[str, list[dict]]]:
+def _read(upstream: StageResult, limit: int | None) -> tuple[list[dict], dict[str, list[dict]]]:
     items = pq.read_table(upstream.table("items")).sort_by("item_id").to_pylist()
     if limit is not None:
         items = items[:limit]
@@ -381,14 +327,3 @@ def _counts(status: list[dict[str, Any]], personas: list[dict[str, Any]]) -> dic
         "llm_seconds": round(sum(s["llm_seconds"] for s in status), 1),
         "llm_seconds_per_item": round(sum(s["llm_seconds"] for s in status) / n, 2),
     }
-
-
-def locate(cfg: Config) -> ReasonResult:
-    """The finished reasoning output for this configuration, for downstream stages."""
-    upstream = prepare_job.locate(cfg)
-    inputs = [{"stage": "prepare", "path": str(upstream.folder), "sha256": upstream.manifest.fingerprint}]
-    fp = fingerprint(STAGE, VERSION, stage_config(cfg), inputs)
-    done = StageStore(cfg.artifacts_root / STAGE).complete(fp)
-    if done is None:
-        raise StageUnavailable(f"no personas for this configuration of {cfg.dataset}: run `p4r reason` first")
-    return ReasonResult(done, Manifest.read(done), skipped=True)

@@ -66,10 +66,10 @@ class ItemAudit:
 
 def audit_item(cfg: Config, item_id: str) -> ItemAudit:
     """The prompts and answers of one prepared item under this configuration."""
-    from persona4rec.jobs.prepare import job as prepare_job
-    from persona4rec.jobs.reason import job as reason_job
+    from persona4rec import jobs
+    from persona4rec.jobs.reason.stage import cache_dir, prompts_dir
 
-    upstream = prepare_job.locate(cfg)
+    upstream = jobs.locate("prepare", cfg)
     items = pq.read_table(upstream.table("items"), filters=pc.field("item_id") == item_id).to_pylist()
     if not items:
         raise Persona4RecError(
@@ -86,8 +86,8 @@ def audit_item(cfg: Config, item_id: str) -> ItemAudit:
     for seed in seeds:
         if not seed.is_dir():
             raise Persona4RecError(f"reason.seed_caches: {seed} is not a folder")
-    results = read_results(reason_job.cache_dir(cfg), seeds)
-    store = PromptStore(reason_job.prompts_dir(cfg), create=False)
+    results = read_results(cache_dir(cfg), seeds)
+    store = PromptStore(prompts_dir(cfg), create=False)
     index = store.attempts()
     system = prompts.system
 
