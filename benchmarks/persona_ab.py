@@ -1,0 +1,336 @@
+"""Persona quality A/B (issue #29): prompt versions (and modes) on the same items, measured and ranked.
+
+    python benchmarks/persona_ab.py -d amazon2014-musical-instruments \\
+        -c conf/experiments/headline-musical-instruments.yaml \\
+        data.local_dir=../shared/data/amazon2014_musical_instruments_5core paths.artifacts=/work/runs/ab/art \\
+        --variant "v1=reason.limit_items=96" \\
+        --variant "v3=reason.limit_items=96 reason.prompts=v3" \\
+        --variant "paper=paths.artifacts=/work/runs/paper reason.mode=paper reason.limit_items=96 \\
+                   reason.seed_caches=[benchmarks/headline-musical-instruments/paper-cache]" \\
+        --items 96 --out benchmarks/persona-quality
+
+Each ``--variant NAME=OVERRIDES`` is the base configuration plus its overrides; its published ``reason``
+output (and the ``prepare`` output it read) are located exactly as the stages locate them, so run
+``p4r reason`` with the same arguments first. On the first ``--items`` items (item id order, what
+``reason.limit_items`` reasons over) it writes into ``--out``:
+
+- ``report.md``: per variant, cost (LLM calls, tokens, attempts), persona quality
+  (:func:`persona4rec.reasoning.quality.measure`, on the reason stage's dedup embedder) and the untrained
+  ranking check of the headline's paper-mode comparison (each test user whose held-out item is one of
+  the items ranks it among them by max over personas of cos(profile, persona), the off-the-shelf
+  ``embed.model``; paired randomization test against the first variant);
+- ``side-by-side.md``: ``--side-by-side`` items drawn at random (seed 0), the first two variants'
+  persona sets one after the other, unedited;
+- ``quality.json``: every measure of every variant.
+
+Nothing here calls an LLM: it reads, embeds and scores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from persona4rec.config import load_config
+from persona4rec.evaluation import metrics
+from persona4rec.reasoning import quality
+
+K = 10
+
+
+def _variant(spec: str) -> tuple[str, list[str]]:
+    name, _, overrides = spec.partition("=")
+    if not name or not overrides:
+        raise SystemExit(f"--variant wants NAME=OVERRIDES, got {spec!r}")
+    return name, shlex.split(overrides)
+
+
+def _load(args: argparse.Namespace, overrides: list[str]):
+    return load_config([*args.overrides, *overrides], experiment=args.config, dataset=args.dataset).config
+
+
+def _stages(cfg) -> dict[str, Any]:
+    from persona4rec.jobs.prepare import job as prepare_job
+    from persona4rec.jobs.reason import job as reason_job
+
+    return {"prepare": prepare_job.locate(cfg), "reason": reason_job.locate(cfg)}
+
+
+def _rows(stage, table: str, items: set[str] | None = None, columns: list[str] | None = None) -> list[dict]:
+    rows = pq.read_table(stage.table(table), columns=columns).to_pylist()
+    return [r for r in rows if items is None or r.get("item_id") in items]
+
+
+def cost(status: list[dict[str, Any]]) -> dict[str, Any]:
+    n = max(len(status), 1)
+    notes = [s.get("notes") or "" for s in status]
+    return {
+        "items": len(status),
+        "ok": sum(s["status"] == "ok" for s in status),
+        "calls": sum(s["calls"] for s in status) / n,
+        "prompt_tokens": sum(s["prompt_tokens"] for s in status) / n,
+        "completion_tokens": sum(s["completion_tokens"] for s in status) / n,
+        "llm_seconds_median": float(np.median([s["llm_seconds"] for s in status])) if status else float("nan"),
+        "retried": sum(s["calls"] > 1 for s in status),
+        "not_distinct": sum("not distinct:" in t for t in notes),
+        "dropped_cut": sum("dropped:" in t for t in notes),
+    }
+
+
+def ranking_check(variants: dict[str, dict[str, Any]], items: list[str], cfg, seed: int = 0) -> dict[str, Any]:
+    """The headline's untrained ranking check (``benchmarks/headline.py: compare_modes``) for any number of
+    variants on the same users: profiles from each test user's earlier reviews (item title or id plus the
+    user's own words, recency-weighted as the encoder's profiles), each item scored by its best persona's
+    indexed passage; an item without personas ranks last; ties count against the target."""
+    from persona4rec.encoder.profile import profiles
+    from persona4rec.ray_actors.embedder import load_embedder
+    from persona4rec.texts import interaction_text, item_text, persona_text
+
+    first = next(iter(variants.values()))
+    prepared = first["stages"]["prepare"]
+    p = cfg.encoder.profile
+    embed = load_embedder(cfg.embed.model, max_length=cfg.embed.max_length)
+    titles = {r["item_id"]: r["title"] for r in _rows(prepared, "items", columns=["item_id", "title"])}
+    reviews = _rows(prepared, "reviews", columns=["review_id", "item_id", "title", "text"])
+    text_of = {
+        r["review_id"]: interaction_text(titles.get(r["item_id"]) or r["item_id"], review_title=r["title"],
+                                         review_text=r["text"])
+        for r in reviews
+    }  # fmt: skip
+    inter = pq.read_table(
+        prepared.table("interactions"), columns=["user_id", "item_id", "review_id", "position", "split"]
+    ).sort_by([("user_id", "ascending"), ("position", "ascending")])
+    by_user: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in inter.to_pylist():
+        by_user[r["user_id"]].append(r)
+    wanted = set(items)
+    cases, hist = [], []
+    for rows in by_user.values():
+        test = [r for r in rows if r["split"] == "test"]
+        earlier = [r for r in rows if r["split"] != "test"]
+        if test and test[0]["item_id"] in wanted and earlier:
+            shown = earlier[-p.history :]
+            cases.append((test[0]["item_id"], {r["item_id"] for r in earlier}, len(hist), len(shown)))
+            hist += [text_of[r["review_id"]] for r in shown]
+    hv = embed(hist)
+    prof = np.stack(
+        [profiles(hv[lo : lo + n], np.arange(n)[None, :], np.array([n]), p.gamma)[0] for _, _, lo, n in cases]
+    )
+    col = {i: k for k, i in enumerate(items)}
+    out: dict[str, Any] = {"users": len(cases), "items": len(items), "per_user": {}}
+    for name, v in variants.items():
+        owners = [r["item_id"] for r in v["personas"]]
+        texts = [
+            persona_text(r, item_text(r["item_id"], v["summaries"].get(r["item_id"]), titles.get(r["item_id"])))
+            for r in v["personas"]
+        ]
+        vecs = embed(texts)
+        owner = np.array([col[i] for i in owners], dtype=np.int64)
+        sims = prof @ vecs.T
+        score = np.full((len(cases), len(items)), -np.inf)
+        for k in range(len(items)):
+            if (owner == k).any():
+                score[:, k] = sims[:, owner == k].max(axis=1)
+        hits, ndcgs = [], []
+        for u, (target, seen, _, _) in enumerate(cases):
+            row = score[u].copy()
+            row[[col[i] for i in seen if i in col and i != target]] = -np.inf
+            t = col[target]
+            rank = int((row >= row[t]).sum()) - 1 if np.isfinite(row[t]) else len(items)
+            hits.append(float(rank < K))
+            ndcgs.append(1.0 / np.log2(rank + 2) if rank < K else 0.0)
+        within = []
+        for k in range(len(items)):
+            w = vecs[owner == k]
+            if len(w) > 1:
+                within.append(float((w @ w.T)[np.triu_indices(len(w), 1)].mean()))
+        out["per_user"][name] = (np.array(hits), np.array(ndcgs))
+        out.setdefault("within", {})[name] = float(np.mean(within)) if within else float("nan")
+    ev = cfg.evaluate
+    resamples = metrics.bootstrap_indices(len(cases), ev.bootstrap, seed)
+    base = next(iter(variants))
+    table = {}
+    for name, (hr, nd) in out["per_user"].items():
+        rec = {"hr@10": float(hr.mean()), "ndcg@10": float(nd.mean())}
+        rec["hr_ci"] = metrics.bootstrap_ci(hr, resamples, ev.confidence)
+        rec["ndcg_ci"] = metrics.bootstrap_ci(nd, resamples, ev.confidence)
+        if name != base:
+            bh, bn = out["per_user"][base]
+            rec["p_hr"] = metrics.paired_p_value(hr, bh, ev.permutations, seed)
+            rec["p_ndcg"] = metrics.paired_p_value(nd, bn, ev.permutations, seed)
+        table[name] = rec
+    out["table"] = table
+    out["confidence"] = ev.confidence
+    return out
+
+
+def side_by_side(variants: dict[str, dict[str, Any]], items: list[str], n: int, seed: int = 0) -> list[str]:
+    names = list(variants)[:2]
+    have = [i for i in items if all(any(r["item_id"] == i for r in variants[v]["personas"]) for v in names)]
+    rng = np.random.default_rng(seed)
+    chosen = sorted(rng.choice(len(have), size=min(n, len(have)), replace=False))
+    out = [
+        f"{len(chosen)} items drawn at random (seed {seed}) among the first {len(items)} items that have personas "
+        f"under both {names[0]} and {names[1]}; every persona exactly as written. Evidence shows the review numbers "
+        "as the prompt showed them (R1 = first sampled review).",
+        "",
+    ]
+    for k, idx in enumerate(chosen, 1):
+        item = have[idx]
+        out += [f"## {k}. `{item}`", ""]
+        shown = variants[names[0]]["shown"].get(item, [])
+        number = {r["review_id"]: f"R{j}" for j, r in enumerate(shown, 1)}
+        out += ["Reviews shown:", ""]
+        for j, r in enumerate(shown, 1):
+            text = " ".join((r.get("text") or "").split())
+            out.append(f"- R{j} ({r['rating']:g}★) {text[:220]}{'…' if len(text) > 220 else ''}")
+        out.append("")
+        for name in names:
+            out += [f"**{name}** ({variants[name]['summaries'].get(item) or 'no summary'})", ""]
+            for r in sorted((r for r in variants[name]["personas"] if r["item_id"] == item),
+                            key=lambda r: r["persona_index"]):  # fmt: skip
+                ev = ", ".join(number.get(e, e) for e in r["evidence"])
+                out.append(f"- **{r['name']}** [{ev}]: {r['description']} *Why:* {r['rationale']}")
+            out.append("")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("-d", "--dataset", required=True)
+    ap.add_argument("-c", "--config", help="experiment file, as for p4r")
+    ap.add_argument("overrides", nargs="*")
+    ap.add_argument("--variant", action="append", required=True, help="NAME=OVERRIDES (the first is the baseline)")
+    ap.add_argument("--items", type=int, default=96)
+    ap.add_argument("--side-by-side", type=int, default=10)
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args(argv)
+
+    from persona4rec.ray_actors.embedder import load_embedder
+
+    variants: dict[str, dict[str, Any]] = {}
+    items: list[str] | None = None
+    for spec in args.variant:
+        name, overrides = _variant(spec)
+        cfg = _load(args, overrides)
+        stages = _stages(cfg)
+        if items is None:
+            items = sorted(r["item_id"] for r in _rows(stages["prepare"], "items", columns=["item_id"]))[: args.items]
+            base_cfg = cfg
+        wanted = set(items)
+        reviews = _rows(stages["prepare"], "review_samples", wanted)
+        variants[name] = {
+            "cfg": cfg,
+            "stages": stages,
+            "personas": _rows(stages["reason"], "personas", wanted),
+            "summaries": {r["item_id"]: r["summary"] for r in _rows(stages["reason"], "summaries", wanted)},
+            "status": _rows(stages["reason"], "item_status", wanted),
+            "reviews": reviews,
+            "shown": quality.shown_reviews(reviews, cfg.reason.reviews_per_item),
+        }
+    assert items is not None
+    embed = load_embedder(base_cfg.reason.dedup.embedder)
+    results: dict[str, Any] = {}
+    for name, v in variants.items():
+        q = quality.measure(
+            v["personas"], v["reviews"], embed, summaries=v["summaries"], reviews_per_item=v["cfg"].reason.reviews_per_item
+        )
+        v["quality"] = q
+        v["cost"] = cost(v["status"])
+        prompt_versions = sorted({r["prompt_version"] for r in v["personas"]})
+        results[name] = {"quality": q.to_dict(), "cost": v["cost"], "prompt_versions": prompt_versions,
+                         "mode": v["cfg"].reason.mode}  # fmt: skip
+        print(f"{name}: {q.personas} personas, coverage {q.coverage:.3f}, diversity {q.diversity_mean:.3f}", file=sys.stderr)
+    rank = ranking_check(variants, items, base_cfg)
+    for name in variants:
+        results[name]["ranking"] = rank["table"][name]
+        results[name]["ranking"]["mean_within_item_cosine_indexed_128"] = rank["within"][name]
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "quality.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
+    (args.out / "side-by-side.md").write_text(
+        "\n".join([f"# {' vs '.join(list(variants)[:2])}: ten persona sets", "", *side_by_side(variants, items, args.side_by_side)])
+        + "\n"
+    )
+    lines = [f"# Measured on the first {len(items)} items", ""]
+    lines += _cost_table(variants) + [""] + _quality_table(variants) + [""] + _rank_table(rank, list(variants))
+    (args.out / "measured.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+def _cost_table(variants) -> list[str]:
+    out = [
+        "| variant | mode | prompts | items | ok | personas an item | LLM calls an item | items retried | kept not distinct "
+        "| prompt tokens | generated tokens | median LLM s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, v in variants.items():
+        c, q = v["cost"], v["quality"]
+        out.append(
+            f"| {name} | {v['cfg'].reason.mode} | {v['cfg'].reason.prompts} | {c['items']} | {c['ok']} | "
+            f"{q.personas_per_item:.2f} | {c['calls']:.2f} | {c['retried']} | {c['not_distinct']} | "
+            f"{c['prompt_tokens']:,.0f} | {c['completion_tokens']:,.0f} | {c['llm_seconds_median']:.1f} |"
+        )
+    return out
+
+
+def _quality_table(variants) -> list[str]:
+    names = list(variants)
+    qs = [variants[n]["quality"] for n in names]
+
+    def row(label, fn):
+        return f"| {label} | " + " | ".join(fn(q) for q in qs) + " |"
+
+    pct = lambda x: "n/a" if np.isnan(x) else f"{x:.1%}"  # noqa: E731
+    num = lambda x: "n/a" if np.isnan(x) else f"{x:.3f}"  # noqa: E731
+    return [
+        "| measure (target) | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+        row("personas", lambda q: str(q.personas)),
+        row("valid evidence (≥ 95%)", lambda q: pct(q.valid_evidence)),
+        row("review coverage (≥ 80%)", lambda q: pct(q.coverage)),
+        row("mean intra-item cosine, indexed passage (≤ 0.80)", lambda q: num(q.diversity_mean)),
+        row("max intra-item cosine (mean over items)", lambda q: num(q.diversity_max)),
+        row("items that are one audience renamed", lambda q: pct(q.near_duplicate_items)),
+        row("rationale ≠ description (≥ 95%)", lambda q: pct(q.rationale_differs_from_description)),
+        row("rationale ≈ a sibling's rationale", lambda q: pct(q.rationale_is_sibling)),
+        row("rationale restated (either)", lambda q: pct(q.rationale_restated)),
+        row("sibling evidence overlap (mean Jaccard)", lambda q: num(q.evidence_overlap)),
+        row("sibling pairs citing mostly the same reviews", lambda q: pct(q.evidence_shared_pairs)),
+        row("empty / cut fields (0 cut)", lambda q: f"{q.empty_fields} / {q.cut_fields}"),
+        row("groundedness margin (cited − other items' reviews)", lambda q: num(q.grounded_margin)),
+        row("personas closer to their cited reviews", lambda q: pct(q.grounded_share)),
+    ]
+
+
+def _rank_table(rank, names) -> list[str]:
+    conf = rank["confidence"]
+    out = [
+        f"Ranking check without training: {rank['users']} test users whose held-out item is one of these "
+        f"{rank['items']} items, ranked among them (earlier items left out); chance HR@{K} ≈ {K / rank['items']:.3f}.",
+        "",
+        f"| variant | HR@{K} [{conf:.0%} CI] | NDCG@{K} [{conf:.0%} CI] | p vs {names[0]} (HR, NDCG) "
+        "| mean intra-item cosine (passage at 128 tokens, as the headline) |",
+        "|---|---|---|---|---|",
+    ]
+    for name in names:
+        r = rank["table"][name]
+        p = f"{r['p_hr']:.3f}, {r['p_ndcg']:.3f}" if "p_hr" in r else ""
+        out.append(
+            f"| {name} | {r['hr@10']:.4f} [{r['hr_ci'][0]:.4f}, {r['hr_ci'][1]:.4f}] | {r['ndcg@10']:.4f} "
+            f"[{r['ndcg_ci'][0]:.4f}, {r['ndcg_ci'][1]:.4f}] | {p} | {rank['within'][name]:.3f} |"
+        )
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())
