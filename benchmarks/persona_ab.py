@@ -240,15 +240,15 @@ def main(argv: list[str] | None = None) -> int:
     embed = load_embedder(base_cfg.reason.dedup.embedder)
     results: dict[str, Any] = {}
     for name, v in variants.items():
-        q = quality.measure(
-            v["personas"], v["reviews"], embed, summaries=v["summaries"], reviews_per_item=v["cfg"].reason.reviews_per_item
-        )
+        per_item = v["cfg"].reason.reviews_per_item
+        q = quality.measure(v["personas"], v["reviews"], embed, summaries=v["summaries"], reviews_per_item=per_item)
         v["quality"] = q
         v["cost"] = cost(v["status"])
         prompt_versions = sorted({r["prompt_version"] for r in v["personas"]})
         results[name] = {"quality": q.to_dict(), "cost": v["cost"], "prompt_versions": prompt_versions,
                          "mode": v["cfg"].reason.mode}  # fmt: skip
-        print(f"{name}: {q.personas} personas, coverage {q.coverage:.3f}, diversity {q.diversity_mean:.3f}", file=sys.stderr)
+        print(f"{name}: {q.personas} personas, coverage {q.coverage:.3f}, diversity {q.diversity_mean:.3f}",
+              file=sys.stderr)  # fmt: skip
     rank = ranking_check(variants, items, base_cfg)
     for name in variants:
         results[name]["ranking"] = rank["table"][name]
@@ -256,10 +256,9 @@ def main(argv: list[str] | None = None) -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "quality.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
-    (args.out / "side-by-side.md").write_text(
-        "\n".join([f"# {' vs '.join(list(variants)[:2])}: ten persona sets", "", *side_by_side(variants, items, args.side_by_side)])
-        + "\n"
-    )
+    title = f"# {' vs '.join(list(variants)[:2])}: persona sets side by side"
+    pairs = side_by_side(variants, items, args.side_by_side)
+    (args.out / "side-by-side.md").write_text("\n".join([title, "", *pairs]) + "\n")
     lines = [f"# Measured on the first {len(items)} items", ""]
     lines += _cost_table(variants) + [""] + _quality_table(variants) + [""] + _rank_table(rank, list(variants))
     (args.out / "measured.md").write_text("\n".join(lines) + "\n")
@@ -269,8 +268,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _cost_table(variants) -> list[str]:
     out = [
-        "| variant | mode | prompts | items | ok | personas an item | LLM calls an item | items retried | kept not distinct "
-        "| prompt tokens | generated tokens | median LLM s |",
+        "| variant | mode | prompts | items | ok | personas an item | LLM calls an item | items retried "
+        "| kept not distinct | prompt tokens | generated tokens | median LLM s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, v in variants.items():

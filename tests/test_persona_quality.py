@@ -235,8 +235,12 @@ def test_distinct_audiences_pass_the_set_check():
 
 def test_a_rationale_restating_its_description_is_a_defect():
     personas = _set(
-        ("Gigging Bassist", "Plays loud bar shows every weekend.", "This persona appreciates this item because "
-         "plays loud bar shows every weekend.", [1]),  # fmt: skip
+        (
+            "Gigging Bassist",
+            "Plays loud bar shows every weekend.",
+            "This persona appreciates this item because plays loud bar shows every weekend.",
+            [1],
+        ),  # fmt: skip
         ("Home Recorder", "Tracks demos in a spare room.", "No hum reaches the interface.", [2]),
     )
     assert ["restates its description" in d for d in _defects(personas)] == [True]
@@ -253,7 +257,7 @@ def test_siblings_citing_mostly_the_same_reviews_is_a_defect():
 
 
 def test_two_descriptions_alike_but_for_the_noun_are_one_customer_even_when_the_set_is_not():
-    body = "who loves high end cables with gold plated plugs and a lifetime warranty that replaces broken cables for free"
+    body = "who loves high end cables with gold plated plugs and a lifetime warranty that replaces broken cables free"
     personas = _set(
         ("Guitar Enthusiast", f"A guitar enthusiast {body}.", "Solder joints survive stage falls.", [1]),
         ("Music Store Owner", f"A music store owner {body}.", "Returns cost the shop nothing.", [2]),
