@@ -69,6 +69,27 @@ def _rows(stage, table: str, items: set[str] | None = None, columns: list[str] |
     return [r for r in rows if items is None or r.get("item_id") in items]
 
 
+def from_cache(folder: Path, since: str) -> tuple[list[dict], dict[str, str], list[dict]]:
+    """(persona rows, summaries, status rows) of the persona answers a run still in progress has cached in
+    ``folder`` since ``since`` (ISO time): what ``--cache-variant`` compares before the run publishes."""
+    rows = []
+    for part in sorted(folder.glob("*.parquet")):
+        rows += [r for r in pq.read_table(part).to_pylist() if r["created_at"] >= since]
+    personas, summaries, status = [], {}, []
+    for r in rows:
+        payload = json.loads(r["payload"]) if r["status"] == "ok" else {}
+        if r["status"] == "ok" and "personas" not in payload:
+            continue  # another kind of answer (the cache has no kind column)
+        status.append({"item_id": r["subject"], "status": r["status"], "calls": r["calls"],
+                       "prompt_tokens": r["prompt_tokens"], "completion_tokens": r["completion_tokens"],
+                       "llm_seconds": r["seconds"], "notes": "; ".join(payload.get("notes", []))})  # fmt: skip
+        if r["status"] == "ok":
+            summaries[r["subject"]] = payload.get("summary")
+            for n, p in enumerate(payload["personas"], 1):
+                personas.append({**p, "item_id": r["subject"], "persona_index": n, "prompt_version": "(cache)"})
+    return personas, summaries, status
+
+
 def cost(status: list[dict[str, Any]]) -> dict[str, Any]:
     n = max(len(status), 1)
     notes = [s.get("notes") or "" for s in status]
@@ -120,6 +141,8 @@ def ranking_check(variants: dict[str, dict[str, Any]], items: list[str], cfg, se
             shown = earlier[-p.history :]
             cases.append((test[0]["item_id"], {r["item_id"] for r in earlier}, len(hist), len(shown)))
             hist += [text_of[r["review_id"]] for r in shown]
+    if not cases:
+        raise SystemExit(f"no test user's held-out item is one of these {len(items)} items: no ranking check")
     hv = embed(hist)
     prof = np.stack(
         [profiles(hv[lo : lo + n], np.arange(n)[None, :], np.array([n]), p.gamma)[0] for _, _, lo, n in cases]
@@ -209,6 +232,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-c", "--config", help="experiment file, as for p4r")
     ap.add_argument("overrides", nargs="*")
     ap.add_argument("--variant", action="append", required=True, help="NAME=OVERRIDES (the first is the baseline)")
+    ap.add_argument(
+        "--cache-variant", action="append", default=[],
+        help="'NAME=CACHE_DIR@ISO_TIME OVERRIDES': persona answers cached since ISO_TIME by a run still in progress "
+        "(configuration: the base plus OVERRIDES); every variant is then compared on the items it has",
+    )  # fmt: skip
     ap.add_argument("--items", type=int, default=96)
     ap.add_argument("--side-by-side", type=int, default=10)
     ap.add_argument("--out", type=Path, required=True)
@@ -237,6 +265,22 @@ def main(argv: list[str] | None = None) -> int:
             "shown": quality.shown_reviews(reviews, cfg.reason.reviews_per_item),
         }
     assert items is not None
+    for spec in args.cache_variant:
+        name, _, rest = spec.partition("=")
+        where, _, overrides = rest.strip().partition(" ")
+        folder, _, since = where.partition("@")
+        personas, summaries, status = from_cache(Path(folder), since)
+        first = next(iter(variants.values()))
+        variants[name] = {**first, "cfg": _load(args, shlex.split(overrides)), "personas": personas,
+                          "summaries": summaries, "status": status}  # fmt: skip
+    if args.cache_variant:  # compare on the items every variant has answered
+        done = set.intersection(*({s["item_id"] for s in v["status"]} for v in variants.values()))
+        items = [i for i in items if i in done]
+        for v in variants.values():
+            for key in ("personas", "status", "reviews"):
+                v[key] = [r for r in v[key] if r["item_id"] in done]
+            v["summaries"] = {k: t for k, t in v["summaries"].items() if k in done}
+            v["shown"] = quality.shown_reviews(v["reviews"], v["cfg"].reason.reviews_per_item)
     embed = load_embedder(base_cfg.reason.dedup.embedder)
     results: dict[str, Any] = {}
     for name, v in variants.items():
@@ -315,7 +359,8 @@ def _rank_table(rank, names) -> list[str]:
     conf = rank["confidence"]
     out = [
         f"Ranking check without training: {rank['users']} test users whose held-out item is one of these "
-        f"{rank['items']} items, ranked among them (earlier items left out); chance HR@{K} ≈ {K / rank['items']:.3f}.",
+        f"{rank['items']} items, ranked among them (earlier items left out); "
+        f"chance HR@{K} ≈ {min(1.0, K / rank['items']):.3f}.",
         "",
         f"| variant | HR@{K} [{conf:.0%} CI] | NDCG@{K} [{conf:.0%} CI] | p vs {names[0]} (HR, NDCG) "
         "| mean intra-item cosine (passage at 128 tokens, as the headline) |",
