@@ -320,12 +320,13 @@ def check_memory(cfg: Config, meminfo: str | None = None) -> list[Finding]:
     avail, total = got
     detail = f"{avail / GIB:.1f} GiB available of {total / GIB:.1f} GiB, {cpus} CPUs"
     what = "an LLM engine on the CPU" if llm else "the pipeline without an LLM"
-    fix = ("close other programs, or lower the LLM's memory (llm.vllm.cpu_kv_cache_gib, reason.actors.batch_size; "
-           "make run LISTWISE_USERS=0 runs no LLM)")  # fmt: skip
-    if avail < need / 2 * GIB:
+    fix = ("lower the LLM's memory (llm.vllm.cpu_kv_cache_gib, reason.actors.batch_size) or run no LLM "
+           "(make run LISTWISE_USERS=0)")  # fmt: skip
+    if total < need * GIB:  # never enough on this machine
         return [Finding(FAIL, "memory", f"{detail}: {what} peaks near {need:.0f} GiB", fix)]
-    if avail < need * GIB:
-        return [Finding(WARN, "memory", f"{detail}: {what} peaks near {need:.0f} GiB", fix)]
+    if avail < need * GIB:  # enough once other programs let go of it
+        return [Finding(WARN, "memory", f"{detail}: {what} peaks near {need:.0f} GiB",
+                        "close other programs first, or " + fix)]  # fmt: skip
     return [Finding(OK, "memory", detail)]
 
 
