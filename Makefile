@@ -105,8 +105,9 @@ run: run-models
 	  esac; \
 	done; rc=$$?; \
 	if [ $$rc -ne 0 ]; then rm -f "$$log.did"; note "make run: p4r run failed (exit $$rc); rerun \`make run\` to resume"; exit $$rc; fi; \
-	if [ -e "$$log.did" ] || [ ! -f "$(REPORT)/report.md" ]; then rm -f "$$log.did"; \
-	  note "make run: pipeline done in $$(( $$(date +%s) - t0 )) s; writing the report"; \
+	if [ -e "$$log.did" ] || [ ! -f "$(REPORT)/report.md" ]; then \
+	  if [ -e "$$log.did" ]; then rm -f "$$log.did"; note "make run: pipeline done in $$(( $$(date +%s) - t0 )) s"; \
+	  else note "make run: every stage is up to date; the report is missing"; fi; \
 	  $(PY) benchmarks/headline.py $(CONF) $(RUN_ARGS) --out $(REPORT) $(HEADLINE_ARGS) \
 	    || { note "make run: benchmarks/headline.py failed"; exit 2; }; \
 	  note "make run: report written in $(REPORT) ($$(( $$(date +%s) - t0 )) s in all)"; \
