@@ -19,6 +19,7 @@ import click
 
 import persona4rec
 from persona4rec.config import LoadedConfig, dataset_names, load_config
+from persona4rec.doctor import doctor
 from persona4rec.errors import Persona4RecError, StageUnavailable
 from persona4rec.jobs import PIPELINE, registry
 
@@ -188,6 +189,7 @@ def stage_command(stage: Stage) -> click.Command:
 
 for _stage in registry().values():
     main.add_command(stage_command(_stage))
+main.add_command(doctor)
 
 
 # ------------------------------------------------------------------------------------------- serve

@@ -374,7 +374,9 @@ class EmbedConfig(_Section):
     num_actors: int = Field(1, ge=1, description="Embedding actors (one model each).")
     num_cpus: float = Field(1.0, gt=0, description="CPUs reserved per actor.")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per actor (the model runs on CUDA when > 0).")
-    chunk_rows: int = Field(2048, ge=1, description="Vectors written per cache part: what a crash can lose at most.")
+    chunk_rows: int = Field(
+        512, ge=1, description="Vectors written per cache part: what a crash can lose at most, and the progress step."
+    )
 
 
 class ProfileConfig(_Section):

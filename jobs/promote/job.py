@@ -46,6 +46,12 @@ def decide(b: Build) -> Promotion:
 
     cfg, chosen = b.cfg, b.manifest.stage_config
     candidate, current, metric = chosen["candidate"], chosen["champion"], chosen["metric"]
+    at = datetime.now(UTC).isoformat(timespec="seconds")
+    if current == candidate:  # nothing to compare: no scoring
+        reason = f"version {candidate} is already the champion"
+        decision = Promotion(cfg.registered_model, metric, candidate, None, current, None, False, reason, at)
+        registry.record_decision(cfg, candidate, asdict(decision))
+        return decision
     with b.timer("load"):
         data = load(cfg, b.inputs["embed"], b.inputs["align"], b.inputs["candidates"])
     with b.timer("score"):
@@ -53,8 +59,6 @@ def decide(b: Build) -> Promotion:
         champ_score = None
         if current is None:
             promoted, reason = True, "no champion yet"
-        elif current == candidate:
-            champ_score, promoted, reason = cand_score, False, f"version {candidate} is already the champion"
         else:
             champ_score = score(registry.load_encoder(cfg, current), data, cfg, metric)
             promoted = cand_score > champ_score
@@ -63,10 +67,8 @@ def decide(b: Build) -> Promotion:
                 if promoted
                 else f"{metric} {cand_score:.4f} does not beat the champion's {champ_score:.4f}"
             )
-    decision = Promotion(
-        cfg.registered_model, metric, candidate, cand_score, current, champ_score, promoted, reason,
-        datetime.now(UTC).isoformat(timespec="seconds"),
-    )  # fmt: skip
+    model = cfg.registered_model
+    decision = Promotion(model, metric, candidate, cand_score, current, champ_score, promoted, reason, at)
     if promoted:
         registry.set_champion(cfg, candidate, asdict(decision))
     else:

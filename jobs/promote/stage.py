@@ -20,7 +20,7 @@ class Promotion(Summary):
     model: str
     metric: str
     candidate: str
-    candidate_score: float
+    candidate_score: float | None  # None when the candidate already is the champion (nothing scored)
     champion: str | None
     champion_score: float | None
     promoted: bool
@@ -28,11 +28,13 @@ class Promotion(Summary):
     at: str
 
     def table(self) -> str:
+        if self.candidate_score is None:
+            return "kept: " + self.reason
         rows = [
             f"{'':<11}{'version':>8}  {self.metric:>18}",
             f"{'candidate':<11}{self.candidate:>8}  {self.candidate_score:>18.4f}",
         ]
-        if self.champion is not None:
+        if self.champion is not None and self.champion_score is not None:
             rows.append(f"{'champion':<11}{self.champion:>8}  {self.champion_score:>18.4f}")
         rows.append(("promoted: " if self.promoted else "kept: ") + self.reason)
         return "\n".join(rows)
