@@ -172,6 +172,10 @@ def bench_recommend(
         t0 = time.perf_counter()
         build_version(client, name, index_table(item_of, vectors), icfg, {}, progress=True)
         build_s = time.perf_counter() - t0
+        try:  # the segments a search visits (each holds its own index); Milvus Lite does not say
+            segments: int | None = len(client.list_loaded_segments(name))
+        except Exception:  # noqa: BLE001
+            segments = None
         exclude = [[f"i{j:07d}" for j in s] for s in seen]
         truth = brute_force_top(users, item_of, vectors, n_items, seen, 10)
         for params in search_grid or [icfg.search_params]:
@@ -187,7 +191,8 @@ def bench_recommend(
             recall = float(np.mean([len(set(h) & set(t)) / 10 for h, t in zip(hits, truth, strict=True)]))
             rows.append({"part": "recommend", "backend": backend, "version": version,
                          "search_path": "grouping search" if grouping else "persona search, grouped here",
-                         "shards": icfg.shards if backend != "lite" else 1, "personas": size, "items": n_items,
+                         "shards": icfg.shards if backend != "lite" else 1, "segments": segments,
+                         "personas": size, "items": n_items,
                          "index_type": icfg.index_type, "search": json.dumps(params),
                          "build_s": round(build_s, 1), "recall@10": recall, **percentiles(times)})  # fmt: skip
             print(json.dumps(rows[-1]), flush=True)
@@ -336,11 +341,12 @@ def lite_server(folder: Path):
 
 
 @contextlib.contextmanager
-def milvus_server(folder: Path):
+def milvus_server(folder: Path, extra: tuple[str, ...] = ()):
     """The Milvus 2.3.5 standalone server (`milvus-server`, ``pip install milvus==2.3.5``) on loopback.
 
     Every port is chosen free; its embedded etcd listens on 127.0.0.1 (``ETCD_CONFIG_PATH``), its components
-    announce 127.0.0.1. The settings are the ones tests/clusters.py starts it with.
+    announce 127.0.0.1. The settings are the ones tests/clusters.py starts it with; ``extra`` adds Milvus
+    settings (``dataCoord.segment.maxSize=2048``: keys of its milvus.yaml).
     """
     exe = Path(sys.executable).parent / "milvus-server"
     if not exe.exists():
@@ -361,6 +367,8 @@ def milvus_server(folder: Path):
     cmd = [str(exe), "--data", str(folder / "data"), *(f"--{k}={v}" for k, v in ports.items())]
     for role in ("rootCoord", "proxy", "queryCoord", "queryNode", "indexNode", "dataCoord", "dataNode"):
         cmd += ["--extra-config", f"{role}.ip=127.0.0.1"]
+    for setting in extra:
+        cmd += ["--extra-config", setting]
     log = folder / "server.log"
     proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
                             env={**os.environ, "ETCD_CONFIG_PATH": str(etcd)})  # fmt: skip
@@ -417,6 +425,10 @@ def main() -> None:
     ap.add_argument("--backends", default="lite", help="recommend: lite, server (Milvus 2.3.5, started here), uri")
     ap.add_argument("--server-uri", help="recommend: the Milvus server of the `uri` backend, http://host:19530")
     ap.add_argument("--shards", type=int, default=2, help="recommend: shards per collection on a server")
+    ap.add_argument(
+        "--server-config", action="append", default=[], metavar="KEY=VALUE",
+        help="recommend: a setting of the started server's milvus.yaml, e.g. dataCoord.segment.maxSize=2048",
+    )  # fmt: skip
     ap.add_argument("--json", type=Path, help="append each row here (JSON lines)")
     args = ap.parse_args()
     parts = args.parts.split(",")
@@ -436,7 +448,7 @@ def main() -> None:
                 if "lite" in backends:
                     icfg = IndexConfig(index_type=args.index_type, search_params=grid[0], insert_batch=5000)
                     results += bench_recommend(args.dim, sizes, args.queries, icfg, uri, "lite", grid)
-        servers = {"server": lambda: milvus_server(root / "milvus-server")}
+        servers = {"server": lambda: milvus_server(root / "milvus-server", tuple(args.server_config))}
         if args.server_uri:
             servers["uri"] = lambda: contextlib.nullcontext(args.server_uri)
         for backend in (b for b in backends if b != "lite"):
