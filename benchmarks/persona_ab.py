@@ -237,6 +237,11 @@ def main(argv: list[str] | None = None) -> int:
         help="'NAME=CACHE_DIR@ISO_TIME OVERRIDES': persona answers cached since ISO_TIME by a run still in progress "
         "(configuration: the base plus OVERRIDES); every variant is then compared on the items it has",
     )  # fmt: skip
+    ap.add_argument(
+        "--dir-variant", action="append", default=[],
+        help="'NAME=REASON_VERSION_DIR OVERRIDES': a published reason output read from its folder (e.g. one "
+        "made before a change of the stage's configuration keys), on the base variant's prepared data",
+    )  # fmt: skip
     ap.add_argument("--items", type=int, default=96)
     ap.add_argument("--side-by-side", type=int, default=10)
     ap.add_argument("--out", type=Path, required=True)
@@ -265,6 +270,18 @@ def main(argv: list[str] | None = None) -> int:
             "shown": quality.shown_reviews(reviews, cfg.reason.reviews_per_item),
         }
     assert items is not None
+    wanted = set(items)
+    for spec in args.dir_variant:
+        name, _, rest = spec.partition("=")
+        folder, _, overrides = rest.strip().partition(" ")
+        first = next(iter(variants.values()))
+        tables = {
+            t: [r for r in pq.read_table(Path(folder) / t).to_pylist() if r["item_id"] in wanted]
+            for t in ("personas", "summaries", "item_status")
+        }
+        variants[name] = {**first, "cfg": _load(args, shlex.split(overrides)), "personas": tables["personas"],
+                          "summaries": {r["item_id"]: r["summary"] for r in tables["summaries"]},
+                          "status": tables["item_status"]}  # fmt: skip
     for spec in args.cache_variant:
         name, _, rest = spec.partition("=")
         where, _, overrides = rest.strip().partition(" ")
