@@ -147,7 +147,7 @@ def _report(stage: Stage, cfg: Config, result: StageResult) -> None:
         m = result.manifest
         steps = "  ".join(f"{k} {v:.1f}s" for k, v in m.timings_s.items())
         peak = max(m.peak_rss_mb.values(), default=0.0)
-        click.echo(f"{stage.name}: wrote {result.folder}")
+        click.echo(f"{stage.name}: wrote {stage.written(result)}")
         click.echo(f"  time {sum(m.timings_s.values()):.1f}s ({steps})  peak memory {peak / 1024:.1f} GiB")
         width = max((len(name) for name in m.tables), default=0)
         for name, info in m.tables.items():

@@ -138,6 +138,10 @@ class Stage(ABC):
         """Handle a command option that is not a build (e.g. ``p4r index --list``): lines to print, or None."""
         return None
 
+    def written(self, result: StageResult) -> str:
+        """What ``p4r <stage>`` says it wrote: the version's folder."""
+        return str(result.folder)
+
     def report(self, cfg: Config, result: StageResult) -> Iterable[str]:
         """Lines ``p4r <stage>`` prints under its first line (by default, nothing for a reused version)."""
         return () if result.skipped else result.summary.lines()

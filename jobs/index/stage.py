@@ -136,6 +136,9 @@ class Index(Stage):
             for v, e in zip(found, encoder, strict=True)
         ]
 
+    def written(self, result: StageResult) -> str:
+        return f"{result.summary.collection} ({result.folder})"
+
     def report(self, cfg: Config, result: StageResult) -> Iterable[str]:
         if result.skipped:
             return [f"  {result.summary.alias} -> {result.summary.collection}"]
