@@ -3,6 +3,7 @@ trained encoder, SmolLM2 on vLLM as the listwise LLM): tables, figures checked b
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -10,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from persona4rec import jobs
+from persona4rec.jobs.align.stage import AlignSummary
 from persona4rec.jobs.evaluate import job as evaluate_job
 from tests.conftest import benchmark_script
 
@@ -152,12 +154,12 @@ def test_listwise_answers_map_back_through_the_shown_order_and_bad_ones_are_boun
     # "3, 1, 3": shown positions 3 then 1, the repeat dropped, then the rest in first-stage order
     rest = [c for c in range(3) if c not in (shown[2], shown[0])]
     assert res.ranking["u1"] == [shown[2], shown[0], *rest]
-    assert res.ranking["u2"] == [0, 1, 2] and res.counts.failed == 1 and res.counts.ok == 1
+    assert res.ranking["u2"] == [0, 1, 2] and res.counts["failed"] == 1 and res.counts["ok"] == 1
     assert res.failures == {"a ranking entry is not a candidate number": 1}
     assert sum(1 for r in engine.requests if "Bad" in str(r.messages)) == 2  # bounded retries
     assert len(set(shown_order("u1", 20))) == 20 and shown_order("u1", 20) == shown_order("u1", 20)
     again = run()  # the valid answer comes from the cache, with its measured latency; the failed one is redone
-    assert again.counts.cached == 1 and again.ranking == res.ranking
+    assert again.counts["cached"] == 1 and again.ranking == res.ranking
     assert again.latency_ms["u1"] == pytest.approx(res.latency_ms["u1"])
     assert json.loads(ResultCache(tmp_path).load().popitem()[1]["payload"])
 
@@ -178,16 +180,18 @@ def test_headline_judge_cost_is_scaled_from_its_sample_to_every_judgeable_intera
     headline = benchmark_script("headline")
     # 100 training interactions: 40 on items without personas, 20 without earlier history, so 40 judgeable
     # over 4 items (10 each); 8 judged in 10 calls, 800 + 80 tokens, 16 s: 1.25 calls and 2 s a judgement
-    counts = {"train_interactions": 100, "llm": {"calls": 10, "prompt_tokens": 800, "completion_tokens": 80,
-              "llm_seconds": 16.0}, "unlabelled_by_reason": {"item_without_personas": 40, "no_earlier_history": 20,
-              "judged": 8, "judge_failed": 1}}  # fmt: skip
+    counts = AlignSummary(
+        train_interactions=100, labels=7, coverage=0.07,
+        llm={"calls": 10, "prompt_tokens": 800, "completion_tokens": 80, "llm_seconds": 16.0},
+        unlabelled_by_reason={"item_without_personas": 40, "no_earlier_history": 20, "judged": 8, "judge_failed": 1},
+    )  # fmt: skip
     status = [{"status": "ok", "calls": 3, "prompt_tokens": 1000, "completion_tokens": 500, "llm_seconds": 30.0}] * 4
     (judge, total), note = headline.judge_cost(counts, status)
     assert judge == "| paper (align judge) | 4 | | | 12.50 | 1,000 | 100 | 20.0 | |"
     assert total == "| **paper (reason + judge)** | 4 | | | 15.50 | 2,000 | 600 | 50.0 | |"
     assert "measured on 8 judgements (10 calls, 2.0 LLM seconds each, 1 failed)" in note
     assert "10.0 judgeable training interactions per item (40 interactions" in note
-    assert headline.judge_cost({**counts, "llm": {}}, status) is None  # no judge ran (the efficient mode's align)
+    assert headline.judge_cost(dataclasses.replace(counts, llm=None), status) is None  # no judge (efficient mode)
 
 
 def test_headline_report_reads_the_run_it_is_given(evaluated, tmp_path):
@@ -242,7 +246,7 @@ def test_headline_report_reads_the_run_it_is_given(evaluated, tmp_path):
                    "--gpu-llm", str(gpu)])  # fmt: skip
     report = (tmp_path / "report.md").read_text()
     assert "## Quality @10" in report and "Ratio of medians" in report and "| evaluate |" in report
-    persona_p50 = run.manifest("evaluate").counts.latency_ms["persona"]["p50"]
+    persona_p50 = run.summary("evaluate").latency_ms["persona"]["p50"]
     assert f"Against the GPU figure the ratio is **{500 / persona_p50:,.0f}×**" in report
     assert "| 3 | 500 | 700 (max) |" in report
     assert f"the {len(items)} items would take about {len(items) / 2.0 / 60:.1f} minutes at batch 4" in report
