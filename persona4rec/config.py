@@ -520,6 +520,11 @@ class PromoteConfig(_Section):
 
     version: str | None = Field(None, description="The registered version to consider; null: the latest.")
 
+    @field_validator("version", mode="before")
+    @classmethod
+    def _as_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
 
 # ------------------------------------------------------------------------------------------- index, scoring, serving
 

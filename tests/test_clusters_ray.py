@@ -122,8 +122,5 @@ def test_embed_runs_on_a_worker_node_and_resumes_after_losing_it(ray_multinode, 
 
     # what the user was told when the node died: one line saying an actor was lost and how to resume
     error = [line for line in out.splitlines() if line.startswith("p4r: error:")]
-    if len(error) != 1 or "Traceback" in out:
-        pytest.xfail(
-            "`p4r embed` does not turn a lost actor into one clear error (jobs/embed/job.py lets Ray's "
-            f"RayActorError through; reported in issue #28):\n{out[-1500:]}"
-        )
+    assert len(error) == 1 and "Traceback" not in out and code == 2, out[-1500:]
+    assert "embedding actor was lost" in error[0] and "run the same command again" in error[0]

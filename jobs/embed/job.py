@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from persona4rec import schemas
 from persona4rec.artifacts import StageResult
 from persona4rec.config import Config
-from persona4rec.errors import StageUnavailable
+from persona4rec.errors import StageUnavailable, WorkerLost
 from persona4rec.jobs.embed.stage import EmbedSummary
 from persona4rec.reasoning.cache import ResultCache, content_key
 from persona4rec.stage import Build
@@ -139,13 +139,22 @@ def _embed(cfg: Config, todo: dict[str, str], cache: ResultCache, progress: bool
     pool = ActorPool([actor.remote(e.model, e.max_length, e.batch_size, e.num_gpus > 0) for _ in range(e.num_actors)])
     keys, texts = list(todo), list(todo.values())
     chunks = [(keys[lo : lo + e.chunk_rows], texts[lo : lo + e.chunk_rows]) for lo in range(0, len(keys), e.chunk_rows)]
+    from ray.exceptions import OutOfMemoryError, RayActorError
+
     done, t0 = 0, time.perf_counter()
     with tqdm(total=len(todo), desc="embed", unit="text", disable=not progress) as bar:
-        for chunk_keys, vecs in pool.map_unordered(lambda a, c: a.embed_chunk.remote(*c), chunks):
-            cache.append_table(
-                pa.table({"key": pa.array(chunk_keys, pa.string()), "vector": schemas.vectors_to_arrow(vecs)})
-            )
-            done += len(vecs)
-            bar.update(len(vecs))
-            bar.set_postfix(texts_per_s=f"{done / (time.perf_counter() - t0):.0f}")
+        try:
+            for chunk_keys, vecs in pool.map_unordered(lambda a, c: a.embed_chunk.remote(*c), chunks):
+                cache.append_table(
+                    pa.table({"key": pa.array(chunk_keys, pa.string()), "vector": schemas.vectors_to_arrow(vecs)})
+                )
+                done += len(vecs)
+                bar.update(len(vecs))
+                bar.set_postfix(texts_per_s=f"{done / (time.perf_counter() - t0):.0f}")
+        except (OutOfMemoryError, RayActorError) as exc:
+            why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise WorkerLost(
+                f"an embedding actor was lost after {done:,} of {len(todo):,} texts ({type(exc).__name__}: {why}). "
+                "Every finished chunk is in the vector cache: run the same command again to resume."
+            ) from exc
     return done
