@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from persona4rec.artifacts import Manifest, StageResult, StageStore, Timer, fingerprint, upstream
 from persona4rec.errors import StageUnavailable
@@ -27,9 +27,6 @@ if TYPE_CHECKING:
 
     from persona4rec.config import Config
     from persona4rec.schemas import TableSchema
-
-S = TypeVar("S", bound="Summary")
-
 
 @dataclass(frozen=True)
 class Summary:
@@ -228,10 +225,3 @@ def _read(stage: Stage, folder: Path) -> StageResult | None:
     except TypeError:
         return None
     return StageResult(folder, manifest, skipped=True, summary=summary)
-
-
-def typed(result: StageResult, kind: type[S]) -> S:
-    """A result's summary as the given type (a checked cast for readers in other modules)."""
-    if not isinstance(result.summary, kind):
-        raise TypeError(f"{result.folder} holds a {type(result.summary).__name__}, not a {kind.__name__}")
-    return result.summary
