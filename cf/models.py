@@ -31,7 +31,9 @@ class BPRMF(nn.Module):
 
     def forward(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor):
         u_all, i_all = self.embeddings()
-        u, p, n = u_all[users], i_all[pos], i_all[neg]
+        # index_select, not u_all[users]: the gradient of advanced indexing accumulates in an order that
+        # varies between runs on several CPU threads; index_select's does not, so a run is reproducible.
+        u, p, n = (torch.index_select(t, 0, ix) for t, ix in ((u_all, users), (i_all, pos), (i_all, neg)))
         ego = (self.ego(users), self.ego(pos + self.n_users), self.ego(neg + self.n_users))
         reg = sum(e.pow(2).sum() for e in ego) / (2 * len(users))
         return (u * p).sum(-1), (u * n).sum(-1), reg
