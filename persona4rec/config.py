@@ -341,6 +341,12 @@ class ReasonConfig(_Section):
     personas: PersonaLimits = PersonaLimits()
     dedup: DedupConfig = DedupConfig()
     defences: DefenceConfig = DefenceConfig()
+    quality: bool = Field(
+        True,
+        description="Measure the output's persona quality (evidence, review coverage, diversity, restated "
+        "rationales, cut fields, groundedness; reasoning/quality.py) with the dedup embedder, into the manifest "
+        "and quality.md. It embeds ~25 texts an item.",
+    )
     actors: ActorPoolConfig = ActorPoolConfig()
 
     @model_validator(mode="after")
@@ -694,8 +700,15 @@ class ListwiseConfig(_Section):
 
 
 Reranker = Literal[
-    "first_stage", "popularity", "persona_vanilla", "persona", "persona_fused", "summary", "learned",
-    "learned_no_persona", "llm_listwise",
+    "first_stage",
+    "popularity",
+    "persona_vanilla",
+    "persona",
+    "persona_fused",
+    "summary",
+    "learned",
+    "learned_no_persona",
+    "llm_listwise",
 ]
 
 

@@ -198,10 +198,7 @@ def test_bad_answers_of_every_kind_end_in_the_status_table_and_manifest(mi_confi
     }
     assert len(engine.requests) == 5 * 2 + 2  # failures and the short item used their whole budget
     # Failures are cached too: a rerun does not spend calls on them unless asked.
-    assert (
-        jobs.run("reason", cfg, engine=engine, embed=embed, force=True, progress=False).summary.spent_this_run
-        == {}
-    )
+    assert jobs.run("reason", cfg, engine=engine, embed=embed, force=True, progress=False).summary.spent_this_run == {}
     retried = jobs.run("reason", cfg, engine=engine, embed=embed, retry_failed=True, progress=False)
     assert retried.summary.spent_this_run["personas"]["units"] == 4
 
@@ -214,6 +211,55 @@ def test_bad_answers_of_every_kind_end_in_the_status_table_and_manifest(mi_confi
     assert seeded.summary.spent_this_run == {} and len(engine.requests) == calls
     assert seeded.folder == retried.folder
     pd.testing.assert_frame_equal(_tables(seeded)["personas"], _tables(retried)["personas"])
+
+
+def test_every_output_reports_its_persona_quality(mi_config, embed):
+    """Two personas per item, each citing one of the two reviews shown, no sibling sharing one: the
+    measures that need no embedding have known values; the others are in range; quality.md is written."""
+    answer = {
+        "summary": "A sturdy guitar stand.",
+        "personas": [
+            {"name": "Gigging Player", "description": "Plays out weekly and carries gear to every show.",
+             "rationale": "Folds flat into a gig bag, as R1 found.", "evidence": [1]},
+            {"name": "Home Learner", "description": "Practises at home in a small flat.",
+             "rationale": "Keeps the guitar in reach without taking floor space (R2).", "evidence": [2]},
+        ],
+    }  # fmt: skip
+    engine = ScriptedEngine(lambda request, attempt: json.dumps(answer))
+    overrides = (EMBEDDER, "reason.limit_items=3", "reason.reviews_per_item=2")
+    result = jobs.run("reason", mi_config(*overrides), engine=engine, embed=embed, progress=False)
+    q = result.summary.quality
+    assert (q["items"], q["personas"], q["valid_evidence"], q["coverage"]) == (3, 6, 1.0, 1.0)
+    assert (q["evidence_overlap"], q["evidence_shared_pairs"], q["cut_fields"], q["empty_fields"]) == (0, 0, 0, 0)
+    assert -1 <= q["diversity_mean"] <= q["diversity_max"] <= 1 and 0 <= q["grounded_share"] <= 1
+    assert q["targets"]["coverage"] == {"target": ">= 0.8", "met": True}
+    report = (result.folder / "quality.md").read_text()
+    assert "Persona quality: amazon2014-musical-instruments, prompts v1" in report and "| 100.0% |" in report
+    lines = "\n".join(jobs.registry()["reason"].report(mi_config(*overrides), result))
+    assert "persona quality: valid_evidence 1 (>= 0.95: ok); coverage 1 (>= 0.8: ok)" in lines
+    assert f"persona quality report: {result.folder / 'quality.md'}" in lines
+    # read back from the manifest as it was written
+    assert jobs.locate("reason", mi_config(*overrides)).summary.quality == q
+
+    off = jobs.run("reason", mi_config(*overrides, "reason.quality=false"), engine=engine, embed=embed, progress=False)
+    assert off.summary.quality is None and not (off.folder / "quality.md").exists()
+
+
+def test_an_edited_prompt_file_is_a_new_output(mi_config, monkeypatch):
+    import dataclasses
+
+    from persona4rec.reasoning import prompts
+
+    stage, cfg = jobs.registry()["reason"], mi_config()
+    before = stage.config(cfg)
+    v1 = prompts.load_prompts("v1")
+    assert stage.config(mi_config("reason.prompts=v3"))["prompt_set"] != before["prompt_set"]
+    for edited in (
+        dataclasses.replace(v1, templates={**v1.templates, "system": v1.system + " Be brief."}),
+        dataclasses.replace(v1, distinct_personas=True),  # how answers are checked changes the output too
+    ):
+        monkeypatch.setattr(prompts, "load_prompts", lambda version, edited=edited: edited)
+        assert stage.config(cfg)["prompt_set"] != before["prompt_set"]
 
 
 def test_paper_mode_aspects_personas_and_judge_on_vllm(mi_config, vllm_engine, smollm2_paths, embed):

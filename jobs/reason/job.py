@@ -30,9 +30,9 @@ from persona4rec import schemas
 from persona4rec.artifacts import StageResult
 from persona4rec.config import Config, stable_hash
 from persona4rec.errors import Persona4RecError
-from persona4rec.jobs.reason.stage import ReasonSummary, cache_dir, prompts_dir
+from persona4rec.jobs.reason.stage import QUALITY_REPORT, ReasonSummary, cache_dir, prompts_dir
 from persona4rec.ray_actors.pool import Ledger, LLMWork, pool_factory
-from persona4rec.reasoning import screen
+from persona4rec.reasoning import quality, screen
 from persona4rec.reasoning.cache import PromptStore, ResultCache
 from persona4rec.reasoning.prompts import PromptSet, load_prompts
 from persona4rec.reasoning.units import Unit, aspects_unit, persona_unit, personas_from_aspects_unit, summary_unit
@@ -80,7 +80,31 @@ def build(b: Build, *, retry_failed: bool, engine: Any, embed: Any) -> ReasonSum
     ledger.cache.compact()
     if ledger.prompts is not None:
         ledger.prompts.compact()
-    return ReasonSummary(**counts, spent_this_run={k: dict(v) for k, v in ledger.spent.items()})
+    measured = None
+    if cfg.reason.quality:
+        with timer("quality"):
+            measured = _quality(b, tables, samples, embed)
+    return ReasonSummary(**counts, spent_this_run={k: dict(v) for k, v in ledger.spent.items()}, quality=measured)
+
+
+def _quality(b: Build, tables: dict[str, list[dict]], samples: dict[str, list[dict]], embed: Any) -> dict:
+    """Persona quality of the whole output against the reviews the prompts showed (quarantined ones were
+    not), on the de-duplication embedder: into the manifest, and as quality.md beside the tables."""
+    from persona4rec.ray_actors.embedder import load_embedder
+
+    cfg = b.cfg
+    if b.progress:
+        print(f"reason: measuring persona quality of {len(tables['personas']):,} personas", flush=True)
+    measured = quality.measure(
+        tables["personas"],
+        [r for rows in samples.values() for r in rows],
+        embed if embed is not None else load_embedder(cfg.reason.dedup.embedder),
+        summaries={r["item_id"]: r["summary"] for r in tables["summaries"]},
+        reviews_per_item=cfg.reason.reviews_per_item,
+    )
+    title = f"Persona quality: {cfg.dataset}, prompts {cfg.reason.prompts}, {cfg.reason.mode} mode, {cfg.llm.model}"
+    (b.folder / QUALITY_REPORT).write_text(measured.markdown(title) + "\n")
+    return measured.to_dict()
 
 
 def _read(upstream: StageResult, limit: int | None) -> tuple[list[dict], dict[str, list[dict]]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,8 @@ class ReasonSummary(Summary):
     personas_screened_by_reason: dict[str, int] = field(default_factory=dict)
     aspects: dict[str, int] | None = None  # paper mode: aspect tuples, failed, kept
     spent_this_run: dict[str, dict[str, int]] = field(default_factory=dict)  # kind -> units, calls, tokens
+    #: persona quality of the whole output (``PersonaQuality.to_dict()``; reason.quality), also as quality.md
+    quality: dict[str, Any] | None = None
 
     def lines(self) -> Iterable[str]:
         yield (
@@ -59,6 +62,27 @@ class ReasonSummary(Summary):
             yield f"    failed: {reason:<24} {n:>8,}"
         yield f"  whole output: {self.llm_calls_per_item} LLM calls and {self.tokens_per_item} tokens per item"
         yield from spent_lines(self.spent_this_run)
+        if self.quality:
+            yield from quality_lines(self.quality)
+
+
+def quality_lines(q: dict[str, Any]) -> Iterable[str]:
+    """The persona quality measures that have targets, each marked met or missed (details in quality.md)."""
+
+    def shown(key: str) -> str:
+        value = q.get(key)
+        return "n/a" if value is None else (f"{value:,}" if isinstance(value, int) else f"{value:.3g}")
+
+    parts = []
+    for key, t in q.get("targets", {}).items():
+        mark = {True: "ok", False: "MISSED", None: "n/a"}[t["met"]]
+        parts.append(f"{key} {shown(key)} ({t['target']}: {mark})")
+    yield "  persona quality: " + "; ".join(parts[:2])
+    for lo in range(2, len(parts), 2):
+        yield "                   " + "; ".join(parts[lo : lo + 2])
+
+
+QUALITY_REPORT = "quality.md"  # in the version folder, when reason.quality is on
 
 
 def cache_dir(cfg: Config) -> Path:
@@ -106,12 +130,22 @@ class Reason(Stage):
     def config(self, cfg: Config) -> dict[str, Any]:
         """The reasoning settings and the model (not pool sizing, addresses or seed caches, which only save
         work: answers are keyed by content)."""
+        from persona4rec.config import stable_hash
+        from persona4rec.reasoning.prompts import load_prompts
+
         reason = cfg.reason.model_dump(mode="json", exclude={"actors", "seed_caches"})
         llm = cfg.llm.model_dump(mode="json", include={"engine", "model", "temperature", "seed", "max_model_len"})
-        return {"reason": reason, "llm": llm}
+        # the prompt set's content (templates and checks), not just its name: an edited prompt file is a new output
+        prompts = stable_hash(dataclasses.asdict(load_prompts(cfg.reason.prompts)))[:16]
+        return {"reason": reason, "llm": llm, "prompt_set": prompts}
 
     def missing(self, cfg: Config) -> str:
         return f"no personas for this configuration of {cfg.dataset}: run `p4r reason` first"
+
+    def report(self, cfg: Config, result: Any) -> Iterable[str]:
+        yield from super().report(cfg, result)
+        if not result.skipped and (result.folder / QUALITY_REPORT).exists():
+            yield f"  persona quality report: {result.folder / QUALITY_REPORT}"
 
     def build(self, b: Build, *, retry_failed: bool = False, engine: Any = None, embed: Any = None) -> ReasonSummary:
         """``engine`` (and ``embed``) run the work in this process instead of a Ray actor pool: tests inject
