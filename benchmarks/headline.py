@@ -275,30 +275,11 @@ MODE_NOTE = (
 # ------------------------------------------------------------------------------------------ modes
 
 
-def persona_texts(reasoned: StageResult, items: set[str], titles: dict[str, str]) -> tuple[list[str], list[str]]:
-    """(item of each persona, persona passage) for ``items``, each persona read with its own mode's summary."""
-    from persona4rec.texts import item_text, persona_text
-
-    summary = {r["item_id"]: r["summary"] for r in pq.read_table(reasoned.table("summaries")).to_pylist()}
-    owners, texts = [], []
-    for r in _persona_rows(reasoned, items):
-        iid = r["item_id"]
-        owners.append(iid)
-        texts.append(persona_text(r, item_text(iid, summary.get(iid), titles.get(iid))))
-    return owners, texts
-
-
 def compare_modes(run: Run, paper: Run, items: set[str], seed: int = 0) -> list[str]:
-    """The efficient and the paper mode on the same items: cost, persona statistics, and a ranking check.
-
-    The ranking check needs no training, so it compares the personas themselves: for every test user
-    whose held-out item is among ``items``, rank it among those items (the user's earlier items left
-    out) by max over personas of cos(profile, persona) with the off-the-shelf embedder. The profile is
-    the recency-weighted mean of the user's earlier reviews, as item title plus the user's own words,
-    so that neither mode's summaries leak into it. Same users, same items, same embedder for both modes.
-    """
-    from persona4rec.encoder.profile import profiles
-    from persona4rec.texts import interaction_text
+    """The efficient and the paper mode on the same items: cost, persona statistics, and the untrained
+    ranking check (:mod:`persona4rec.evaluation.persona_check`) with the off-the-shelf embedder."""
+    from persona4rec.evaluation import persona_check
+    from persona4rec.ray_actors.embedder import load_embedder
 
     eff_status = _status(run.stages["reason"], items)
     pap_status = _status(paper.stages["reason"], items)
@@ -310,91 +291,41 @@ def compare_modes(run: Run, paper: Run, items: set[str], seed: int = 0) -> list[
     judge = judge_cost(paper.summary("align"), pap_status) if "align" in paper.stages else None
     lines += [*(judge[0] if judge else []), "", MODE_NOTE, *(["", judge[1]] if judge else []), ""]
 
-    from persona4rec.ray_actors.embedder import load_embedder
-
     cfg, p = run.cfg, run.cfg.encoder.profile
     embed = load_embedder(cfg.embed.model, max_length=cfg.embed.max_length)
     prepared = run.stages["prepare"]
-    titles = {
-        r["item_id"]: r["title"]
-        for r in pq.read_table(prepared.table("items"), columns=["item_id", "title"]).to_pylist()
-    }
-    text_of = {
-        r["review_id"]: interaction_text(
-            titles.get(r["item_id"]) or r["item_id"], review_title=r["title"], review_text=r["text"]
-        )
-        for r in pq.read_table(prepared.table("reviews"), columns=["review_id", "item_id", "title", "text"]).to_pylist()
-    }
-    inter = pq.read_table(
-        prepared.table("interactions"), columns=["user_id", "item_id", "review_id", "position", "split"]
-    )
-    by_user: dict[str, list[dict[str, Any]]] = {}
-    for r in inter.sort_by([("user_id", "ascending"), ("position", "ascending")]).to_pylist():
-        by_user.setdefault(r["user_id"], []).append(r)
-    cases = []  # (target, earlier items, rows into hist_texts)
-    hist_texts: list[str] = []
-    for rows in by_user.values():
-        test = [r for r in rows if r["split"] == "test"]
-        earlier = [r for r in rows if r["split"] != "test"]
-        if test and test[0]["item_id"] in items and earlier:
-            shown = earlier[-p.history :]
-            cases.append((test[0]["item_id"], {r["item_id"] for r in earlier}, len(hist_texts), len(shown)))
-            hist_texts += [text_of[r["review_id"]] for r in shown]
-    if not cases:
+    users = persona_check.check_users(prepared, items, embed, p.history, p.gamma)
+    if users is None:
         return [*lines, f"No test user's held-out item is one of these {len(items)} items: no ranking check."]
-    hist_vecs = embed(hist_texts)
-    prof = np.stack(
-        [profiles(hist_vecs[lo : lo + n], np.arange(n)[None, :], np.array([n]), p.gamma)[0] for _, _, lo, n in cases]
-    )
-
-    order = sorted(items)
-    col = {i: k for k, i in enumerate(order)}
-    stats, per_user = {}, {}
-    for label, reasoned in (("efficient", run.stages["reason"]), ("paper", paper.stages["reason"])):
-        owners, texts = persona_texts(reasoned, items, titles)
-        vecs = embed(texts)
-        owner = np.array([col[i] for i in owners], dtype=np.int64)
-        within = []
-        for k in range(len(order)):
-            v = vecs[owner == k]
-            if len(v) > 1:
-                within.append(float((v @ v.T)[np.triu_indices(len(v), 1)].mean()))
-        sims = prof @ vecs.T  # (users, personas)
-        score = np.full((len(cases), len(order)), -np.inf)
-        for k in range(len(order)):
-            if (owner == k).any():
-                score[:, k] = sims[:, owner == k].max(axis=1)
-        hits, ndcgs = [], []
-        for u, (target, seen, _, _) in enumerate(cases):
-            row = score[u].copy()
-            row[[col[i] for i in seen if i in col and i != target]] = -np.inf
-            t = col[target]
-            rank = int((row >= row[t]).sum()) - 1 if np.isfinite(row[t]) else len(order)  # ties count against
-            hits.append(float(rank < K))
-            ndcgs.append(1.0 / np.log2(rank + 2) if rank < K else 0.0)
-        per_user[label] = (np.array(hits), np.array(ndcgs))
-        stats[label] = (len(vecs), float(np.mean(within)) if within else float("nan"))
+    titles = persona_check.titles(prepared)
+    checked = {}
+    for label, reasoned, rows in (
+        ("efficient", run.stages["reason"], eff_rows),
+        ("paper", paper.stages["reason"], pap_rows),
+    ):
+        summary = {r["item_id"]: r["summary"] for r in pq.read_table(reasoned.table("summaries")).to_pylist()}
+        checked[label] = persona_check.rank(users, rows, embed(persona_check.passages(rows, summary, titles)), K)
     ev = cfg.evaluate  # the evaluation's own interval and test settings
-    resamples = metrics.bootstrap_indices(len(cases), ev.bootstrap, seed)
+    resamples = metrics.bootstrap_indices(len(users.targets), ev.bootstrap, seed)
     lines += [
-        f"Ranking check: {len(cases)} test users whose held-out item is one of these {len(order)} items, ranked "
-        f"among them (earlier items left out); chance HR@{K} ≈ {K / len(order):.3f}. An item without personas "
-        "ranks last.",
+        f"Ranking check: {len(users.targets)} test users whose held-out item is one of these {len(users.items)} "
+        f"items, ranked among them (earlier items left out); chance HR@{K} ≈ {K / len(users.items):.3f}. An item "
+        "without personas ranks last.",
         "",
         f"| mode | personas | mean cosine between an item's personas | HR@{K} [{ev.confidence:.0%} CI] "
         f"| NDCG@{K} [{ev.confidence:.0%} CI] |",
         "|---|---|---|---|---|",
     ]
-    for label in ("efficient", "paper"):
-        hr, nd = per_user[label]
-        lo, hi = metrics.bootstrap_ci(hr, resamples, ev.confidence)
-        nlo, nhi = metrics.bootstrap_ci(nd, resamples, ev.confidence)
+    for label, c in checked.items():
+        lo, hi = metrics.bootstrap_ci(c.hits, resamples, ev.confidence)
+        nlo, nhi = metrics.bootstrap_ci(c.ndcgs, resamples, ev.confidence)
         lines.append(
-            f"| {label} | {stats[label][0]} | {stats[label][1]:.3f} | {hr.mean():.4f} [{lo:.4f}, {hi:.4f}] "
-            f"| {nd.mean():.4f} [{nlo:.4f}, {nhi:.4f}] |"
+            f"| {label} | {c.personas} | {c.within:.3f} | {c.hits.mean():.4f} [{lo:.4f}, {hi:.4f}] "
+            f"| {c.ndcgs.mean():.4f} [{nlo:.4f}, {nhi:.4f}] |"
         )
-    p_hr = metrics.paired_p_value(per_user["paper"][0], per_user["efficient"][0], ev.permutations, seed)
-    p_nd = metrics.paired_p_value(per_user["paper"][1], per_user["efficient"][1], ev.permutations, seed)
+    eff, pap = checked["efficient"], checked["paper"]
+    p_hr = metrics.paired_p_value(pap.hits, eff.hits, ev.permutations, seed)
+    p_nd = metrics.paired_p_value(pap.ndcgs, eff.ndcgs, ev.permutations, seed)
     lines += ["", f"Paired randomization test, paper vs efficient: HR@{K} p = {p_hr:.3f}, NDCG@{K} p = {p_nd:.3f}."]
     return lines
 

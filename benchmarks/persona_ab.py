@@ -32,7 +32,6 @@ import argparse
 import json
 import shlex
 import sys
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +43,7 @@ from persona4rec.evaluation import metrics
 from persona4rec.reasoning import quality
 
 K = 10
+REASON_TABLES = ("personas", "summaries", "item_status")
 
 
 def _variant(spec: str) -> tuple[str, list[str]]:
@@ -57,11 +57,10 @@ def _load(args: argparse.Namespace, overrides: list[str]):
     return load_config([*args.overrides, *overrides], experiment=args.config, dataset=args.dataset).config
 
 
-def _stages(cfg) -> dict[str, Any]:
-    from persona4rec.jobs.prepare import job as prepare_job
-    from persona4rec.jobs.reason import job as reason_job
+def _stages(cfg, reason: bool = True) -> dict[str, Any]:
+    from persona4rec.jobs import locate
 
-    return {"prepare": prepare_job.locate(cfg), "reason": reason_job.locate(cfg)}
+    return {"prepare": locate("prepare", cfg), **({"reason": locate("reason", cfg)} if reason else {})}
 
 
 def _rows(stage, table: str, items: set[str] | None = None, columns: list[str] | None = None) -> list[dict]:
@@ -107,92 +106,44 @@ def cost(status: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def ranking_check(variants: dict[str, dict[str, Any]], items: list[str], cfg, seed: int = 0) -> dict[str, Any]:
-    """The headline's untrained ranking check (``benchmarks/headline.py: compare_modes``) for any number of
-    variants on the same users: profiles from each test user's earlier reviews (item title or id plus the
-    user's own words, recency-weighted as the encoder's profiles), each item scored by its best persona's
-    indexed passage; an item without personas ranks last; ties count against the target."""
-    from persona4rec.encoder.profile import profiles
+    """The untrained ranking check (:mod:`persona4rec.evaluation.persona_check`, as the headline's
+    comparison of modes) for any number of variants on the same users, each against the first."""
+    from persona4rec.evaluation import persona_check
     from persona4rec.ray_actors.embedder import load_embedder
-    from persona4rec.texts import interaction_text, item_text, persona_text
 
-    first = next(iter(variants.values()))
-    prepared = first["stages"]["prepare"]
+    prepared = next(iter(variants.values()))["stages"]["prepare"]
     p = cfg.encoder.profile
     embed = load_embedder(cfg.embed.model, max_length=cfg.embed.max_length)
-    titles = {r["item_id"]: r["title"] for r in _rows(prepared, "items", columns=["item_id", "title"])}
-    reviews = _rows(prepared, "reviews", columns=["review_id", "item_id", "title", "text"])
-    text_of = {
-        r["review_id"]: interaction_text(titles.get(r["item_id"]) or r["item_id"], review_title=r["title"],
-                                         review_text=r["text"])
-        for r in reviews
-    }  # fmt: skip
-    inter = pq.read_table(
-        prepared.table("interactions"), columns=["user_id", "item_id", "review_id", "position", "split"]
-    ).sort_by([("user_id", "ascending"), ("position", "ascending")])
-    by_user: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for r in inter.to_pylist():
-        by_user[r["user_id"]].append(r)
-    wanted = set(items)
-    cases, hist = [], []
-    for rows in by_user.values():
-        test = [r for r in rows if r["split"] == "test"]
-        earlier = [r for r in rows if r["split"] != "test"]
-        if test and test[0]["item_id"] in wanted and earlier:
-            shown = earlier[-p.history :]
-            cases.append((test[0]["item_id"], {r["item_id"] for r in earlier}, len(hist), len(shown)))
-            hist += [text_of[r["review_id"]] for r in shown]
-    if not cases:
+    users = persona_check.check_users(prepared, set(items), embed, p.history, p.gamma)
+    if users is None:
         raise SystemExit(f"no test user's held-out item is one of these {len(items)} items: no ranking check")
-    hv = embed(hist)
-    prof = np.stack(
-        [profiles(hv[lo : lo + n], np.arange(n)[None, :], np.array([n]), p.gamma)[0] for _, _, lo, n in cases]
-    )
-    col = {i: k for k, i in enumerate(items)}
-    out: dict[str, Any] = {"users": len(cases), "items": len(items), "per_user": {}}
-    for name, v in variants.items():
-        owners = [r["item_id"] for r in v["personas"]]
-        texts = [
-            persona_text(r, item_text(r["item_id"], v["summaries"].get(r["item_id"]), titles.get(r["item_id"])))
-            for r in v["personas"]
-        ]
-        vecs = embed(texts)
-        owner = np.array([col[i] for i in owners], dtype=np.int64)
-        sims = prof @ vecs.T
-        score = np.full((len(cases), len(items)), -np.inf)
-        for k in range(len(items)):
-            if (owner == k).any():
-                score[:, k] = sims[:, owner == k].max(axis=1)
-        hits, ndcgs = [], []
-        for u, (target, seen, _, _) in enumerate(cases):
-            row = score[u].copy()
-            row[[col[i] for i in seen if i in col and i != target]] = -np.inf
-            t = col[target]
-            rank = int((row >= row[t]).sum()) - 1 if np.isfinite(row[t]) else len(items)
-            hits.append(float(rank < K))
-            ndcgs.append(1.0 / np.log2(rank + 2) if rank < K else 0.0)
-        within = []
-        for k in range(len(items)):
-            w = vecs[owner == k]
-            if len(w) > 1:
-                within.append(float((w @ w.T)[np.triu_indices(len(w), 1)].mean()))
-        out["per_user"][name] = (np.array(hits), np.array(ndcgs))
-        out.setdefault("within", {})[name] = float(np.mean(within)) if within else float("nan")
+    titles = persona_check.titles(prepared)
+    checked = {
+        name: persona_check.rank(
+            users, v["personas"], embed(persona_check.passages(v["personas"], v["summaries"], titles)), K
+        )
+        for name, v in variants.items()
+    }
     ev = cfg.evaluate
-    resamples = metrics.bootstrap_indices(len(cases), ev.bootstrap, seed)
-    base = next(iter(variants))
+    resamples = metrics.bootstrap_indices(len(users.targets), ev.bootstrap, seed)
+    base = checked[next(iter(variants))]
     table = {}
-    for name, (hr, nd) in out["per_user"].items():
-        rec = {"hr@10": float(hr.mean()), "ndcg@10": float(nd.mean())}
-        rec["hr_ci"] = metrics.bootstrap_ci(hr, resamples, ev.confidence)
-        rec["ndcg_ci"] = metrics.bootstrap_ci(nd, resamples, ev.confidence)
-        if name != base:
-            bh, bn = out["per_user"][base]
-            rec["p_hr"] = metrics.paired_p_value(hr, bh, ev.permutations, seed)
-            rec["p_ndcg"] = metrics.paired_p_value(nd, bn, ev.permutations, seed)
+    for name, c in checked.items():
+        rec = {"hr@10": float(c.hits.mean()), "ndcg@10": float(c.ndcgs.mean())}
+        rec["hr_ci"] = metrics.bootstrap_ci(c.hits, resamples, ev.confidence)
+        rec["ndcg_ci"] = metrics.bootstrap_ci(c.ndcgs, resamples, ev.confidence)
+        if c is not base:
+            rec["p_hr"] = metrics.paired_p_value(c.hits, base.hits, ev.permutations, seed)
+            rec["p_ndcg"] = metrics.paired_p_value(c.ndcgs, base.ndcgs, ev.permutations, seed)
         table[name] = rec
-    out["table"] = table
-    out["confidence"] = ev.confidence
-    return out
+    return {
+        "users": len(users.targets),
+        "items": len(users.items),
+        "per_user": {name: (c.hits, c.ndcgs) for name, c in checked.items()},
+        "within": {name: c.within for name, c in checked.items()},
+        "table": table,
+        "confidence": ev.confidence,
+    }
 
 
 def side_by_side(variants: dict[str, dict[str, Any]], items: list[str], n: int, seed: int = 0) -> list[str]:
@@ -231,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-d", "--dataset", required=True)
     ap.add_argument("-c", "--config", help="experiment file, as for p4r")
     ap.add_argument("overrides", nargs="*")
-    ap.add_argument("--variant", action="append", required=True, help="NAME=OVERRIDES (the first is the baseline)")
+    ap.add_argument("--variant", action="append", default=[], help="NAME=OVERRIDES (the first variant is the baseline)")
     ap.add_argument(
         "--cache-variant", action="append", default=[],
         help="'NAME=CACHE_DIR@ISO_TIME OVERRIDES': persona answers cached since ISO_TIME by a run still in progress "
@@ -251,37 +202,41 @@ def main(argv: list[str] | None = None) -> int:
 
     variants: dict[str, dict[str, Any]] = {}
     items: list[str] | None = None
-    for spec in args.variant:
-        name, overrides = _variant(spec)
-        cfg = _load(args, overrides)
-        stages = _stages(cfg)
+    base_cfg = None
+
+    def add(name: str, cfg, stages: dict[str, Any], tables: dict[str, list[dict]] | None = None) -> None:
+        """A variant: its configuration, the prepared data it read and its reason tables (located, or given)."""
+        nonlocal items, base_cfg
         if items is None:
             items = sorted(r["item_id"] for r in _rows(stages["prepare"], "items", columns=["item_id"]))[: args.items]
             base_cfg = cfg
         wanted = set(items)
+        if tables is None:
+            tables = {t: _rows(stages["reason"], t) for t in REASON_TABLES}
+        tables = {t: [r for r in rows if r["item_id"] in wanted] for t, rows in tables.items()}
         reviews = _rows(stages["prepare"], "review_samples", wanted)
         variants[name] = {
             "cfg": cfg,
             "stages": stages,
-            "personas": _rows(stages["reason"], "personas", wanted),
-            "summaries": {r["item_id"]: r["summary"] for r in _rows(stages["reason"], "summaries", wanted)},
-            "status": _rows(stages["reason"], "item_status", wanted),
+            "personas": tables["personas"],
+            "summaries": {r["item_id"]: r["summary"] for r in tables["summaries"]},
+            "status": tables["item_status"],
             "reviews": reviews,
             "shown": quality.shown_reviews(reviews, cfg.reason.reviews_per_item),
         }
-    assert items is not None
-    wanted = set(items)
+
+    for spec in args.variant:
+        name, overrides = _variant(spec)
+        cfg = _load(args, overrides)
+        add(name, cfg, _stages(cfg))
     for spec in args.dir_variant:
         name, _, rest = spec.partition("=")
         folder, _, overrides = rest.strip().partition(" ")
-        first = next(iter(variants.values()))
-        tables = {
-            t: [r for r in pq.read_table(Path(folder) / t).to_pylist() if r["item_id"] in wanted]
-            for t in ("personas", "summaries", "item_status")
-        }
-        variants[name] = {**first, "cfg": _load(args, shlex.split(overrides)), "personas": tables["personas"],
-                          "summaries": {r["item_id"]: r["summary"] for r in tables["summaries"]},
-                          "status": tables["item_status"]}  # fmt: skip
+        cfg = _load(args, shlex.split(overrides))
+        stages = next(iter(variants.values()))["stages"] if variants else _stages(cfg, reason=False)
+        add(name, cfg, stages, {t: pq.read_table(Path(folder) / t).to_pylist() for t in REASON_TABLES})
+    if items is None:
+        raise SystemExit("give at least one --variant or --dir-variant")
     for spec in args.cache_variant:
         name, _, rest = spec.partition("=")
         where, _, overrides = rest.strip().partition(" ")
