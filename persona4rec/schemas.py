@@ -212,8 +212,10 @@ ITEM_STATUS = TableSchema(
         _c(
             "notes",
             STR,
-            "What an ok answer lost: personas dropped because their text was cut ('dropped:'), and "
-            "fewer sound personas than asked for after the last attempt ('short:').",
+            "What happened on the way, '; '-separated: sampled reviews kept out of the prompt as orders to the "
+            "model ('quarantined:'), personas dropped for echoing orders ('screened:') or because their text was "
+            "cut ('dropped:'), fewer sound personas than asked for after the last attempt ('short:'), and a set "
+            "kept with the defects of the set check (prompt sets with distinct_personas, 'not distinct:').",
             nullable=True,
         ),
         _c("cache_key", STR, "Content hash of the persona call: same key, same result, no LLM call."),
