@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from persona4rec.errors import StageUnavailable
 from persona4rec.ranking import ndcg, target_ranks
@@ -159,11 +160,13 @@ def fit(
     learning_rate: float = 0.03,
     seed: int = 0,
     generator: str = "",
+    progress: str | None = None,
 ) -> LearnedReranker:
     """LambdaRank on validation lists ``x`` (n, c, len(FEATURES)) whose held-out item sits at ``target_col``
     (lists that missed it, -1, teach nothing and are left out); settings chosen by cross-validation over users.
     Bases read ``first_z`` and ``persona_z`` from ``x`` whatever ``names`` holds; without the persona features
-    among ``names`` only bases with no persona weight are tried. 0 rounds: the base alone."""
+    among ``names`` only bases with no persona weight are tried. 0 rounds: the base alone. ``progress``: the
+    label of a progress bar over the cross-validation's fits (None: no bar)."""
     lgb = _lightgbm()
     keep = np.flatnonzero(np.asarray(target_col) >= 0)
     if len(keep) < 2 * folds:
@@ -175,7 +178,9 @@ def fit(
     fold_of = np.random.default_rng(seed).permutation(len(x)) % folds
     order = np.arange(x.shape[1])
     scores: dict[tuple[tuple[float, float], int, int, int], list[float]] = {}
-    for b, leaf, minimum in itertools.product(base, leaves, min_leaf):
+    settings = list(itertools.product(base, leaves, min_leaf))
+    bar = tqdm(total=len(settings) * folds, desc=progress, unit="fit", disable=progress is None, leave=False)
+    for b, leaf, minimum in settings:
         params = _params(leaf, minimum, learning_rate, seed)
         for f in range(folds):
             train, held = fold_of != f, fold_of == f
@@ -184,6 +189,8 @@ def fit(
             for r in rounds:
                 ranks = target_ranks(_predict(booster, x[held], names, r, b), target_col[held], order)
                 scores.setdefault((b, leaf, minimum, r), []).append(ndcg(ranks, K))
+            bar.update()
+    bar.close()
     cv = {key: float(np.mean(v)) for key, v in scores.items()}
     # ties: the simpler model (fewer rounds, fewer leaves, larger leaves)
     b, leaf, minimum, best_rounds = max(cv, key=lambda k: (round(cv[k], 10), -k[3], -k[1], k[2]))

@@ -20,8 +20,13 @@ def _stats(n: int, c: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
 
 
 def test_features_by_hand_and_padding_is_missing():
-    stats = {"max": np.array([[0.5, -np.inf, 0.2]]), "second": np.array([[0.4, -np.inf, 0.2]]),
-             "mean": np.array([[0.3, -np.inf, 0.2]]), "count": np.array([[2, 0, 1]]), "best": np.zeros((1, 3))}
+    stats = {
+        "max": np.array([[0.5, -np.inf, 0.2]]),
+        "second": np.array([[0.4, -np.inf, 0.2]]),
+        "mean": np.array([[0.3, -np.inf, 0.2]]),
+        "count": np.array([[2, 0, 1]]),
+        "best": np.zeros((1, 3)),
+    }
     fs = np.array([[1.0, 3.0, -np.inf]])  # the third candidate is padding
     x = features(stats, fs, np.array([[0, 9, 5]]), np.array([3]))
     col = {f: x[0, :, k] for k, f in enumerate(FEATURES)}
@@ -84,7 +89,7 @@ def test_learned_reranker_is_fitted_on_validation_knowledge_only(monkeypatch):
     from persona4rec.config import load_config
 
     cfg = load_config(["data.local_dir=/nonexistent"], dataset="amazon2014-musical-instruments").config
-    assert evaluate_job._fit_learned("learned", "lightgcn", scorer, valid, known, cfg) == "model"
+    assert evaluate_job._fit_learned("learned", "lightgcn", scorer, valid, known, cfg, False) == "model"
     x = seen["x"]
     assert np.nanmax(x[..., FEATURES.index("log_popularity")]) == pytest.approx(math.log(6))
     assert np.nanmax(x[..., FEATURES.index("log_history")]) == pytest.approx(math.log(5))

@@ -105,7 +105,7 @@ def build(b: Build, engine: Any) -> EvaluateSummary:
                     scored[name] = persona_test
                 elif name in LEARNED:
                     try:
-                        model = _fit_learned(name, gen, scorers["persona"], valid, known, cfg)
+                        model = _fit_learned(name, gen, scorers["persona"], valid, known, cfg, progress)
                     except StageUnavailable as exc:  # too few validation lists to learn from: said, not fatal
                         ev.learned_skipped.setdefault(gen, {})[name] = str(exc)
                         continue
@@ -245,7 +245,7 @@ def _learned_features(scorer: _Scorer, lists: Lists, split: str, known: _Known) 
     return features(stats, np.where(lists.valid, lists.first_stage, -np.inf), pop, history)
 
 
-def _fit_learned(name: str, gen: str, scorer: _Scorer, valid: Lists, known: _Known, cfg: Config):
+def _fit_learned(name: str, gen: str, scorer: _Scorer, valid: Lists, known: _Known, cfg: Config, progress: bool):
     """LambdaRank on the validation lists of users whose item was generated (persona4rec.learned)."""
     from persona4rec.learned import FEATURES, PERSONA_FEATURES, fit
 
@@ -256,7 +256,8 @@ def _fit_learned(name: str, gen: str, scorer: _Scorer, valid: Lists, known: _Kno
     g = cfg.evaluate.learned
     return fit(_learned_features(scorer, sub, "valid", known), sub.target_col, names=names, folds=g.folds,
                base=[tuple(b) for b in g.base], leaves=g.leaves, min_leaf=g.min_leaf, rounds=g.rounds,
-               learning_rate=g.learning_rate, seed=cfg.evaluate.seed, generator=gen)  # fmt: skip
+               learning_rate=g.learning_rate, seed=cfg.evaluate.seed, generator=gen,
+               progress=f"evaluate: {gen} {name}" if progress else None)  # fmt: skip
 
 
 def _learned_summary(model) -> dict[str, Any]:
