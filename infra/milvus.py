@@ -278,7 +278,11 @@ def drop_version(client: MilvusClient, alias: str, name: str) -> None:
 def read(
     client: MilvusClient, name: str, fields: list[str], filter: str = "", batch_size: int = 4096
 ) -> dict[str, list[Any]]:
-    """Every row matching ``filter`` as columns (an iterator underneath: any collection size)."""
+    """Every row matching ``filter`` as columns (an iterator underneath: any collection size).
+
+    A collection another process built, or one a restarted server has not loaded yet, is loaded first:
+    Milvus refuses to query a released collection, and the next index build reads the live one."""
+    client.load_collection(name)
     out: dict[str, list[Any]] = {f: [] for f in fields}
     it = client.query_iterator(name, batch_size=batch_size, filter=filter, output_fields=fields)
     try:

@@ -106,6 +106,16 @@ def test_build_alias_swap_and_incremental_rebuild(client):
     assert len(plan_reuse(client, ALIAS, other, "other/2/run1").rows) == 0
 
 
+def test_a_rebuild_reads_a_live_version_that_is_not_loaded(client):
+    """A new process (or a restarted server) finds the live version released: the rebuild still reuses it."""
+    icfg = IndexConfig(index_type="FLAT", insert_batch=16)
+    build(client, f"{ALIAS}__v1", catalogue(4), icfg)
+    milvus.move_alias(client, ALIAS, f"{ALIAS}__v1")
+    client.release_collection(f"{ALIAS}__v1")
+    _, enc = build(client, f"{ALIAS}__v2", catalogue(4, changed="item-001"), icfg)
+    assert sorted(enc.calls) == [3, 4, 5]  # only the changed item's rows are encoded
+
+
 def test_a_build_that_fails_half_way_leaves_the_alias_and_the_old_version_intact(client):
     icfg = IndexConfig(index_type="FLAT", insert_batch=10)
     build(client, f"{ALIAS}__good", catalogue(10), icfg)
