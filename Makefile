@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine:
 #   make run    install, then the whole pipeline on Amazon 2014 Musical Instruments, reproducing the headline
-#               result from the committed LLM answers (~12 min on 2 idle cores after the install); ends with its table
+#               result from the committed LLM answers (13.5 min measured on 2 cores after the install); ends with its table
 #   make test   install, then run the test suite (real Spark, Ray, vLLM, llama.cpp, Milvus, servers; ~22 min on 2 cores)
 # `make help` lists the rest.
 
