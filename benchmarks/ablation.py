@@ -186,8 +186,11 @@ def report(results: dict[str, _Result], default: str, cfg: Config) -> str:
 
         comparisons = [
             ("fine-tuned (default) vs untuned encoder", d.ranks(gen, "persona"), d.ranks(gen, "persona_vanilla")),
-            ("learned vs learned without persona features", d.ranks(gen, "learned"),
-             d.ranks(gen, "learned_no_persona")),
+            (
+                "learned vs learned without persona features",
+                d.ranks(gen, "learned"),
+                d.ranks(gen, "learned_no_persona"),
+            ),
             ("learned vs linear fusion", d.ranks(gen, "learned"), d.ranks(gen, "persona_fused")),
         ]
         if "persona_labels" in results and default != "persona_labels":

@@ -76,8 +76,11 @@ def write_report(folder: Path, ev: Any, cfg: Any, manifest: Any, found: dict[str
             lines += ["", f"{name}: not fitted: {why}."]
         if gen in ev.persona_features:
             p = ev.persona_features[gen]
-            lines += ["", f"What the persona features add to the learned reranker (paired test, learned against "
-                          f"learned_no_persona): HR@10 p = {p['hr@10']:.3f}, NDCG@10 p = {p['ndcg@10']:.3f}."]
+            lines += [
+                "",
+                f"What the persona features add to the learned reranker (paired test, learned against "
+                f"learned_no_persona): HR@10 p = {p['hr@10']:.3f}, NDCG@10 p = {p['ndcg@10']:.3f}.",
+            ]
         lines.append("")
     lines += _llm_section(ev, rows, e.alpha)
     lines += ["## Plots", ""] + [f"![{p}](plots/{p})" for p in PLOTS] + [""]

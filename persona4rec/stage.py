@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from persona4rec.config import Config
     from persona4rec.schemas import TableSchema
 
+
 @dataclass(frozen=True)
 class Summary:
     """What a stage made, stored in its manifest and read back as the same type.

@@ -159,7 +159,7 @@ def test_java_versions():
 def test_old_java_fails(tmp_path):
     fake = tmp_path / "bin" / "java"
     fake.parent.mkdir()
-    fake.write_text('#!/bin/sh\necho \'java version "1.8.0_402"\' >&2\n')
+    fake.write_text("#!/bin/sh\necho 'java version \"1.8.0_402\"' >&2\n")
     fake.chmod(0o755)
     [f] = D.check_java(env={"PATH": str(fake.parent)})
     assert f.status == D.FAIL and "Java 17+" in f.detail

@@ -26,7 +26,9 @@ from tests import synthetic_alignment
 TRAIN = TrainConfig(epochs=3, batch_size=32, lr=5e-3, weight_decay=0.0, warmup_ratio=0.0, patience=3,
                     metric="persona_recall@10", seed=0, num_workers=2)  # fmt: skip
 ENCODER = EncoderConfig(
-    temperature=0.05, mask=["persona", "item"], objective=ObjectiveConfig(target="persona", negatives="batch"),
+    temperature=0.05,
+    mask=["persona", "item"],
+    objective=ObjectiveConfig(target="persona", negatives="batch"),
     profile=ProfileConfig(gamma_grid=[0.65, 1.0]),
 )
 

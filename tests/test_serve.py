@@ -274,8 +274,9 @@ def test_rerank_with_first_stage_scores_uses_the_learned_reranker_registered_wit
     for it in got:  # the explanation stays the item's best persona
         winner = pids.index(it["explanation"]["persona_id"])
         assert items[winner] == it["item_id"]
-        assert it["persona_score"] == pytest.approx(float((vectors[items == it["item_id"]] @ users[user][0]).max()),
-                                                    abs=1e-4)
+        assert it["persona_score"] == pytest.approx(
+            float((vectors[items == it["item_id"]] @ users[user][0]).max()), abs=1e-4
+        )
 
 
 def test_unknown_users_fall_back_to_popularity_when_configured(served):
