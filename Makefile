@@ -124,7 +124,7 @@ define REPORT_TAIL
   echo "Same numbers as the committed report ($(COMMITTED_REPORT)): every row above."; \
 else echo "Rows that differ from the committed report ($(COMMITTED_REPORT); <: committed, >: this run):"; \
   cat $(REPORT)/differences.txt; \
-  echo "(the learned reranker over LightGCN is known to vary between runs: docs/running.md#what-make-run-reproduces)"; fi
+  echo "(every row should match: a difference means other inputs, configuration or code; docs/running.md#what-make-run-reproduces)"; fi
 @echo
 @echo "Report:    $(REPORT)/report.md (quality, cost, speed), evaluation.md (every metric, segments)"
 @echo "Plots:     $(REPORT)/plots/"
